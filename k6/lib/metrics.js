@@ -1,0 +1,30 @@
+// The lab's custom k6 metrics. Every sample also carries the VU's tags `server` (rust|python) and
+// `scenario` (sessions|chat|echo|hold); see scenarios.js. Time trends are marked isTime so that
+// `-o experimental-prometheus-rw` exports them in seconds (k6_wslab_rtt_p99 and so on).
+import { Counter, Trend } from 'k6/metrics';
+
+// Time from sending a broadcast or echo until this same connection received it back. Measured on
+// k6's monotonic clock, from the send() call to the message handler running, so it includes
+// k6's own event-loop delay (see wslab_event_loop_lag).
+export const rtt = new Trend('wslab_rtt', true);
+
+// For every broadcast received from any connection of this k6 run (own ones included): time from
+// its sender's send() call to this receiver's handler. Both ends read the same monotonic clock
+// (the k6 process's), carried in the message's `ref`, so sub-millisecond values mean something.
+export const deliveryLatency = new Trend('wslab_delivery_latency', true);
+
+// Server messages received, tagged `type` (welcome, broadcast, echo, error, other).
+export const messagesReceived = new Counter('wslab_messages_received');
+
+// Things that went wrong, tagged `code`: the server's error code (invalid_json, invalid_message,
+// unknown_type, binary_unsupported) or a client-side one (see k6/README.md).
+export const errors = new Counter('wslab_errors');
+
+// Connections that did not end with a close handshake this client started, tagged `reason`:
+// error (the socket reported an error, e.g. 1006 or 1008), server_closed (the server closed
+// first, e.g. 1001 at shutdown) or close_timeout.
+export const uncleanCloses = new Counter('wslab_unclean_closes');
+
+// How late a VU's timers fire: a VU whose event loop is busy can't read replies in time, so a
+// high value means the numbers measure k6, not the server.
+export const eventLoopLag = new Trend('wslab_event_loop_lag', true);

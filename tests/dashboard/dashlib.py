@@ -1,0 +1,306 @@
+"""Shared helpers for the dashboard suite: the repo's compose/Prometheus/Grafana files, the
+dashboard's queries with Grafana's variables filled in, and a real Prometheus on 127.0.0.1.
+
+How the real-data proof points Prometheus at native servers (no second, hand-kept config):
+`generated_prometheus_config` loads prometheus/prometheus.yml, replaces the `targets` of each
+static scrape job and nothing else, and writes the copy into a temporary directory. There, a
+symlink `rules -> <repo>/prometheus/rules` makes the unchanged `rule_files: [rules/*.yml]` load
+the product's recording rules. The targets become:
+
+- `prometheus` -> the test Prometheus itself;
+- `rust-ws`, `python-ws` -> the servers `tests/harness.py` started on 127.0.0.1;
+- `cadvisor` -> a closed port on 127.0.0.1 (cAdvisor can't run here; the job stays configured
+  and reports up == 0, and no scrape leaves the loopback interface).
+
+Any other job in prometheus.yml makes the generator fail, so a new job can't slip past the test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+COMPOSE = REPO / "compose.yaml"
+ENV_FILE = REPO / ".env"
+PROM_DIR = REPO / "prometheus"
+PROM_CONFIG = PROM_DIR / "prometheus.yml"
+RULES_TEST = Path(__file__).resolve().parent / "rules_test.yml"
+GRAFANA = REPO / "grafana"
+DASHBOARD = GRAFANA / "dashboards" / "wslab.json"
+DATASOURCES = GRAFANA / "provisioning" / "datasources" / "prometheus.yml"
+DASH_PROVIDERS = GRAFANA / "provisioning" / "dashboards" / "wslab.yml"
+
+PROMTOOL = os.environ.get("PROMTOOL", "/usr/bin/promtool")
+PROMETHEUS = os.environ.get("PROMETHEUS_BIN", "/usr/bin/prometheus")
+DOCKER_COMPOSE = os.environ.get("DOCKER_COMPOSE", "/usr/bin/docker-compose")
+
+SERVER_JOBS = ("rust-ws", "python-ws")
+# k6 tags every sample with server=rust|python; the dashboard's server queries use the job.
+K6_SERVER_TAG = {"rust-ws": "rust", "python-ws": "python"}
+CADVISOR_LABEL = "container_label_com_docker_compose_service"
+
+# What Grafana substitutes for its built-in interval variables when the datasource's
+# timeInterval is 5s (grafana/provisioning/datasources/prometheus.yml) and the panel's step is
+# small: $__rate_interval = max(4 * 5s, step + 5s).
+RATE_INTERVAL = "20s"
+INTERVAL = "5s"
+
+
+def load_yaml(path: Path):
+    with open(path, encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+def load_compose() -> dict:
+    return load_yaml(COMPOSE)
+
+
+def load_dashboard() -> dict:
+    with open(DASHBOARD, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def all_panels(dashboard: dict) -> list[dict]:
+    """Every panel, including those nested in collapsed rows."""
+    out = []
+    for panel in dashboard.get("panels", []):
+        out.append(panel)
+        out.extend(panel.get("panels", []))
+    return out
+
+
+@dataclass(frozen=True)
+class Query:
+    panel_id: int
+    panel_title: str
+    panel_type: str
+    unit: str | None
+    ref_id: str
+    expr: str
+
+    @property
+    def test_id(self) -> str:
+        slug = re.sub(r"[^a-z0-9]+", "-", self.panel_title.lower()).strip("-")[:40]
+        return f"{self.panel_id}{self.ref_id}-{slug}"
+
+
+def dashboard_queries(dashboard: dict | None = None) -> list[Query]:
+    dashboard = dashboard or load_dashboard()
+    out = []
+    for panel in all_panels(dashboard):
+        unit = panel.get("fieldConfig", {}).get("defaults", {}).get("unit")
+        for t in panel.get("targets", []):
+            out.append(
+                Query(panel["id"], panel["title"], panel["type"], unit, t["refId"], t["expr"])
+            )
+    return out
+
+
+def substitute(expr: str, variables: dict[str, str]) -> str:
+    """Fill in Grafana's variables as Grafana would for a short range with a small step."""
+    builtins = {
+        "__rate_interval": RATE_INTERVAL,
+        "__interval": INTERVAL,
+        "__range": "15m",
+    }
+    values = {**builtins, **variables}
+    # Longest names first, so $__rate_interval is not read as $__rate followed by _interval.
+    for name in sorted(values, key=len, reverse=True):
+        expr = expr.replace("${" + name + "}", values[name]).replace("$" + name, values[name])
+    leftover = re.search(r"\$\{?\w+", expr)
+    assert leftover is None, f"unsubstituted variable {leftover.group(0)} in {expr}"
+    return expr
+
+
+def is_cadvisor(expr: str) -> bool:
+    return re.search(r"\bcontainer_\w+", expr) is not None
+
+
+def metric_names(expr: str) -> set[str]:
+    """Metric names in a PromQL expression: identifiers followed by { or [ or a space/paren
+    that are not functions, keywords or label names. Good enough for this dashboard's style,
+    where every selector carries a {...} matcher."""
+    return set(re.findall(r"\b([a-zA-Z_:][a-zA-Z0-9_:]*)\{", expr))
+
+
+def expected_servers(q: Query) -> set[str]:
+    """Which servers a panel query must show data for, from how it selects and groups.
+
+    - `job="rust-ws"` (a per-server heatmap): that server;
+    - `job=~"rust-ws|python-ws"`: both;
+    - k6 series grouped `by (server...)`: both (k6 tags server=rust|python);
+    - anything else: none named (test-wide k6 gauges such as k6_vus).
+    """
+    exact = set(re.findall(r'job="([^"]+)"', q.expr))
+    if exact:
+        return exact
+    m = re.search(r'job=~"([^"]+)"', q.expr)
+    if m:
+        return set(m.group(1).split("|"))
+    if "k6_" in q.expr and re.search(r"by \(server\b", q.expr):
+        return set(SERVER_JOBS)
+    return set()
+
+
+def series_server(metric: dict) -> str | None:
+    """The server a result series belongs to: its job, or its k6 server tag."""
+    if metric.get("job") in SERVER_JOBS:
+        return metric["job"]
+    for job, tag in K6_SERVER_TAG.items():
+        if metric.get("server") == tag:
+            return job
+    return None
+
+
+def finite_values(series: dict) -> list[float]:
+    out = []
+    for _, v in series.get("values", []):
+        f = float(v)
+        if math.isfinite(f):
+            out.append(f)
+    return out
+
+
+# ---------------------------------------------------------------- Prometheus
+
+
+def generated_prometheus_config(targets: dict[str, str]) -> dict:
+    """prometheus.yml with the targets of each job replaced by targets[job_name]."""
+    config = load_yaml(PROM_CONFIG)
+    jobs = [sc["job_name"] for sc in config["scrape_configs"]]
+    assert sorted(jobs) == sorted(targets), (
+        f"prometheus.yml has jobs {jobs}; the generator knows {sorted(targets)}: "
+        "teach tests/dashboard/dashlib.py where the new job's target runs natively"
+    )
+    out = copy.deepcopy(config)
+    for sc in out["scrape_configs"]:
+        assert list(sc["static_configs"]) and len(sc["static_configs"]) == 1, sc
+        sc["static_configs"][0]["targets"] = [targets[sc["job_name"]]]
+    return out
+
+
+def without_targets(config: dict) -> dict:
+    c = copy.deepcopy(config)
+    for sc in c["scrape_configs"]:
+        for st in sc.get("static_configs", []):
+            st["targets"] = []
+    return c
+
+
+@dataclass
+class Prometheus:
+    port: int
+    proc: subprocess.Popen
+    workdir: Path
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def api(self, path: str, params: dict[str, str] | None = None, timeout: float = 10.0) -> dict:
+        """GET /api/v1/<path>, or POST a form when there are params (as Grafana's datasource
+        does with httpMethod POST); return the decoded JSON even on a 4xx answer."""
+        data = urllib.parse.urlencode(params).encode() if params else None
+        req = urllib.request.Request(self.url + "/api/v1/" + path, data=data)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return json.load(resp)
+        except urllib.error.HTTPError as err:
+            return json.load(err)
+
+    def query(self, expr: str) -> list[dict]:
+        body = self.api("query", {"query": expr})
+        assert body["status"] == "success", body
+        return body["data"]["result"]
+
+    def query_range(self, expr: str, start: float, end: float, step: str = "2s") -> dict:
+        return self.api(
+            "query_range",
+            {"query": expr, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": step},
+        )
+
+
+@contextlib.contextmanager
+def running_prometheus(port: int, targets: dict[str, str]) -> Iterator[Prometheus]:
+    """A real Prometheus on 127.0.0.1:port with the generated config and the remote-write
+    receiver on, started with the same flags compose gives it (paths aside)."""
+    workdir = Path(tempfile.mkdtemp(prefix="wslab-prom-"))
+    (workdir / "rules").symlink_to(PROM_DIR / "rules", target_is_directory=True)
+    config_path = workdir / "prometheus.yml"
+    config_path.write_text(
+        "# Generated by tests/dashboard/dashlib.py from prometheus/prometheus.yml; only the\n"
+        "# targets differ.\n"
+        + yaml.safe_dump(generated_prometheus_config(targets), sort_keys=False)
+    )
+    log_path = workdir / "prometheus.log"
+    # The child keeps its own descriptor for the log; ours can close at once.
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [
+                PROMETHEUS,
+                f"--config.file={config_path}",
+                f"--storage.tsdb.path={workdir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--web.enable-remote-write-receiver",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=workdir,
+        )
+    prom = Prometheus(port, proc, workdir, log_path)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"prometheus exited with {proc.returncode}:\n{prom.log()}")
+            try:
+                with urllib.request.urlopen(prom.url + "/-/ready", timeout=1) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("prometheus not ready within 30s:\n" + prom.log())
+            time.sleep(0.2)
+        yield prom
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.5, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)

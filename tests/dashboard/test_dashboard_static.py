@@ -1,0 +1,538 @@
+"""Static checks of compose.yaml, .env, prometheus/ and grafana/: the files parse, the real tools
+accept them (docker-compose v1.29 `config`, promtool `check config`, `check rules`, `test rules`),
+and they follow the lab's rules (issue 6). Grafana and cAdvisor can't run on the test machine, so
+their configuration is checked here and their queries in test_dashboard_realdata.py.
+
+Run: .venv/bin/pytest tests/dashboard -q
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from dashlib import (
+    CADVISOR_LABEL,
+    COMPOSE,
+    DASH_PROVIDERS,
+    DASHBOARD,
+    DATASOURCES,
+    DOCKER_COMPOSE,
+    ENV_FILE,
+    PROM_CONFIG,
+    PROM_DIR,
+    PROMTOOL,
+    REPO,
+    RULES_TEST,
+    SERVER_JOBS,
+    all_panels,
+    dashboard_queries,
+    expected_servers,
+    is_cadvisor,
+    load_compose,
+    load_dashboard,
+    load_yaml,
+    metric_names,
+    substitute,
+)
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return load_compose()
+
+
+@pytest.fixture(scope="module")
+def dashboard() -> dict:
+    return load_dashboard()
+
+
+def run(cmd: list[str], env: dict[str, str] | None = None, cwd: Path = REPO):
+    full_env = dict(os.environ)
+    # Don't let the caller's shell decide what the defaults look like.
+    for var in ("WS_CPUS", "WS_MEMORY", "WSLAB_BIND", "COMPOSE_PROJECT_NAME", "COMPOSE_FILE"):
+        full_env.pop(var, None)
+    full_env.update(env or {})
+    return subprocess.run(
+        cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def compose_config(env: dict[str, str] | None = None, profile: str | None = None) -> dict:
+    cmd = [DOCKER_COMPOSE] + (["--profile", profile] if profile else []) + ["config"]
+    result = run(cmd, env)
+    assert result.returncode == 0, result.stderr
+    return yaml.safe_load(result.stdout)
+
+
+# ---------------------------------------------------------------- compose.yaml
+
+
+def test_docker_compose_v1_config_accepts_the_file():
+    for cmd in (
+        [DOCKER_COMPOSE, "config", "-q"],
+        [DOCKER_COMPOSE, "--profile", "load", "config", "-q"],
+    ):
+        result = run(cmd)
+        assert result.returncode == 0, f"{' '.join(cmd)}: {result.stderr}"
+
+
+def test_project_name_comes_from_env_file_not_a_name_key(compose):
+    # docker-compose v1.29 rejects a top-level `name:`; both v1 and v2 read .env.
+    assert "name" not in compose
+    env = dict(
+        line.split("=", 1)
+        for line in ENV_FILE.read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    )
+    assert env.get("COMPOSE_PROJECT_NAME") == "wslab"
+    text = COMPOSE.read_text()
+    assert "COMPOSE_PROJECT_NAME" in text and ".env" in text, "compose.yaml must say why"
+
+
+def test_services_are_the_lab(compose):
+    assert set(compose["services"]) == {
+        "rust-ws",
+        "python-ws",
+        "prometheus",
+        "cadvisor",
+        "grafana",
+        "k6",
+    }
+
+
+def test_every_service_has_a_one_line_comment():
+    lines = COMPOSE.read_text().splitlines()
+    services = load_compose()["services"]
+    for name in services:
+        idx = lines.index(f"  {name}:")
+        assert lines[idx - 1].strip().startswith("# "), f"no comment line above service {name}"
+
+
+PINNED = {
+    "prometheus": r"prom/prometheus:v3\.\d+\.\d+",
+    "cadvisor": r"ghcr\.io/google/cadvisor:v0\.5\d\.\d+",
+    "grafana": r"grafana/grafana:12\.\d+\.\d+",
+    "k6": r"grafana/k6:1\.1\.0",
+}
+
+
+def test_pulled_images_are_pinned(compose):
+    for name, pattern in PINNED.items():
+        image = compose["services"][name]["image"]
+        assert re.fullmatch(pattern, image), f"{name}: {image!r} is not pinned like {pattern}"
+    for name, svc in compose["services"].items():
+        assert not str(svc.get("image", "")).endswith(":latest"), name
+
+
+def test_servers_are_built_from_their_dockerfiles(compose):
+    rust = compose["services"]["rust-ws"]["build"]
+    assert rust == {"context": ".", "dockerfile": "rust-ws/Dockerfile"}
+    assert compose["services"]["python-ws"]["build"]["context"] == "./python-ws"
+
+
+def test_healthchecks(compose):
+    svcs = compose["services"]
+    assert svcs["rust-ws"]["healthcheck"]["test"] == [
+        "CMD",
+        "/usr/local/bin/rust-ws",
+        "--healthcheck",
+    ]
+    assert svcs["python-ws"]["healthcheck"]["test"] == [
+        "CMD",
+        "python",
+        "-m",
+        "python_ws.healthcheck",
+    ]
+    prom = svcs["prometheus"]["healthcheck"]["test"]
+    assert prom[:2] == ["CMD", "wget"] and prom[-1].endswith(":9090/-/healthy")
+    assert svcs["cadvisor"]["healthcheck"]["test"][-1].endswith(":8080/healthz")
+    assert svcs["grafana"]["healthcheck"]["test"][-1].endswith(":3000/api/health")
+    # k6 is a one-shot job, not a service to wait on; everything else has a healthcheck.
+    for name, svc in svcs.items():
+        if name != "k6":
+            assert "healthcheck" in svc, name
+
+
+def test_depends_on_waits_for_healthy(compose):
+    svcs = compose["services"]
+    k6 = svcs["k6"]["depends_on"]
+    assert {name: d["condition"] for name, d in k6.items()} == {
+        "rust-ws": "service_healthy",
+        "python-ws": "service_healthy",
+        "prometheus": "service_healthy",
+    }
+    assert svcs["grafana"]["depends_on"] == {"prometheus": {"condition": "service_healthy"}}
+
+
+def test_servers_get_equal_overridable_limits(compose):
+    rust, python = compose["services"]["rust-ws"], compose["services"]["python-ws"]
+    for key in ("cpus", "mem_limit", "ulimits"):
+        assert rust[key] == python[key], key
+    assert rust["cpus"] == "${WS_CPUS:-1}" and rust["mem_limit"] == "${WS_MEMORY:-1g}"
+    # As docker-compose resolves them: defaults, then overrides, always equal.
+    resolved = compose_config()["services"]
+    assert float(resolved["rust-ws"]["cpus"]) == float(resolved["python-ws"]["cpus"]) == 1.0
+    assert resolved["rust-ws"]["mem_limit"] == resolved["python-ws"]["mem_limit"] == "1g"
+    resolved = compose_config({"WS_CPUS": "2.5", "WS_MEMORY": "3g"})["services"]
+    assert float(resolved["rust-ws"]["cpus"]) == float(resolved["python-ws"]["cpus"]) == 2.5
+    assert resolved["rust-ws"]["mem_limit"] == resolved["python-ws"]["mem_limit"] == "3g"
+
+
+def test_ports_bind_loopback_by_default_and_are_overridable(compose):
+    expected = {
+        "rust-ws": 8000,
+        "python-ws": 8001,
+        "prometheus": 9090,
+        "cadvisor": 8080,
+        "grafana": 3000,
+    }
+    for name, port in expected.items():
+        assert compose["services"][name]["ports"] == [f"${{WSLAB_BIND:-127.0.0.1}}:{port}:{port}"]
+    assert "ports" not in compose["services"]["k6"]
+
+    def host_ips(resolved):
+        out = set()
+        for svc in resolved["services"].values():
+            for p in svc.get("ports", []):
+                out.add(p.split(":")[0] if isinstance(p, str) else p.get("host_ip"))
+        return out
+
+    assert host_ips(compose_config()) == {"127.0.0.1"}
+    assert host_ips(compose_config({"WSLAB_BIND": "0.0.0.0"})) == {"0.0.0.0"}
+
+
+def test_servers_listen_on_their_protocol_ports(compose):
+    assert compose["services"]["rust-ws"]["environment"]["WS_PORT"] == "8000"
+    assert compose["services"]["python-ws"]["environment"]["WS_PORT"] == "8001"
+    for name in SERVER_JOBS:
+        assert compose["services"][name]["environment"]["WS_HOST"] == "0.0.0.0"
+
+
+def test_prometheus_service(compose):
+    prom = compose["services"]["prometheus"]
+    cmd = prom["command"]
+    # `command:` replaces the image's defaults, so config and storage paths are repeated.
+    assert "--config.file=/etc/prometheus/prometheus.yml" in cmd
+    assert "--storage.tsdb.path=/prometheus" in cmd
+    assert "--web.enable-remote-write-receiver" in cmd
+    assert "./prometheus:/etc/prometheus:ro" in prom["volumes"]
+    named = [v.split(":")[0] for v in prom["volumes"] if v.endswith(":/prometheus")]
+    assert named and named[0] in compose["volumes"], "a named data volume at /prometheus"
+
+
+def test_cadvisor_service(compose):
+    cad = compose["services"]["cadvisor"]
+    flags = cad["command"]
+    for flag in (
+        "--docker_only=true",
+        "--allow_dynamic_housekeeping=false",
+        "--store_container_labels=false",
+        "--whitelisted_container_labels=com.docker.compose.service",
+    ):
+        assert flag in flags, flag
+    assert any(re.fullmatch(r"--housekeeping_interval=\d+s", f) for f in flags)
+    # What cAdvisor's README asks for.
+    assert cad["privileged"] is True
+    assert "/dev/kmsg" in cad["devices"]
+    for mount in (
+        "/:/rootfs:ro",
+        "/var/run:/var/run:ro",
+        "/sys:/sys:ro",
+        "/var/lib/docker/:/var/lib/docker:ro",
+        "/dev/disk/:/dev/disk:ro",
+    ):
+        assert mount in cad["volumes"], mount
+
+
+def test_grafana_service(compose):
+    graf = compose["services"]["grafana"]
+    env = graf["environment"]
+    assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "true"
+    assert env["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"  # never Admin or Editor
+    assert env.get("GF_AUTH_DISABLE_LOGIN_FORM", "false") == "false"
+    assert "GF_AUTH_BASIC_ENABLED" not in env or env["GF_AUTH_BASIC_ENABLED"] == "true"
+    mounts = dict(v.rsplit(":", 2)[:2] for v in graf["volumes"])
+    assert mounts["./grafana/provisioning"] == "/etc/grafana/provisioning"
+    # The home dashboard is the lab dashboard, through the dashboards mount.
+    home = env["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    host_dir = next(h for h, c in mounts.items() if home.startswith(c + "/"))
+    assert (REPO / host_dir / Path(home).relative_to(mounts[host_dir])) == DASHBOARD
+    # The provider loads the same directory.
+    provider = load_yaml(DASH_PROVIDERS)["providers"][0]
+    assert provider["options"]["path"] == mounts[host_dir]
+
+
+def test_k6_service(compose):
+    k6 = compose["services"]["k6"]
+    assert k6["profiles"] == ["load"]
+    env = k6["environment"]
+    assert env["RUST_WS_URL"] == "ws://rust-ws:8000/ws"
+    assert env["PYTHON_WS_URL"] == "ws://python-ws:8001/ws"
+    assert env["K6_PROMETHEUS_RW_SERVER_URL"] == "http://prometheus:9090/api/v1/write"
+    assert env["K6_PROMETHEUS_RW_TREND_STATS"] == "p(50),p(95),p(99),avg,max,count"
+    nofile = k6["ulimits"]["nofile"]
+    assert min(nofile["soft"], nofile["hard"]) >= 20000, "10k+ sockets need 10k+ descriptors"
+    low, high = map(int, k6["sysctls"]["net.ipv4.ip_local_port_range"].split())
+    assert high - low >= 30000
+    cmd = k6["command"]
+    assert cmd[0] == "run" and "experimental-prometheus-rw" in cmd
+    assert any(c.startswith("testid=") for c in cmd)
+    mounts = dict(v.rsplit(":", 2)[:2] for v in k6["volumes"])
+    assert mounts["./k6"] == "/k6"
+    script = cmd[-1]
+    assert script == "/k6/scripts/both.js"
+    assert (REPO / "k6" / "scripts" / "both.js").is_file(), "compose's default k6 script"
+
+
+# ---------------------------------------------------------------- prometheus/
+
+
+def test_promtool_check_config():
+    result = run([PROMTOOL, "check", "config", str(PROM_CONFIG)])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 rule files found" in result.stdout + result.stderr
+
+
+def test_promtool_check_rules():
+    files = sorted(str(p) for p in (PROM_DIR / "rules").glob("*.yml"))
+    assert files
+    result = run([PROMTOOL, "check", "rules", *files])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_promtool_rule_unit_tests():
+    result = run([PROMTOOL, "test", "rules", RULES_TEST.name], cwd=RULES_TEST.parent)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout + result.stderr
+
+
+def test_scrape_jobs_and_interval():
+    config = load_yaml(PROM_CONFIG)
+    jobs = {sc["job_name"]: sc for sc in config["scrape_configs"]}
+    assert set(jobs) == {"prometheus", "rust-ws", "python-ws", "cadvisor"}
+    assert jobs["rust-ws"]["static_configs"][0]["targets"] == ["rust-ws:8000"]
+    assert jobs["python-ws"]["static_configs"][0]["targets"] == ["python-ws:8001"]
+    assert jobs["cadvisor"]["static_configs"][0]["targets"] == ["cadvisor:8080"]
+    interval = config["global"]["scrape_interval"]
+    assert re.fullmatch(r"\d+s", interval) and int(interval[:-1]) <= 15
+    # Grafana's $__rate_interval is derived from the datasource's timeInterval.
+    ds = load_yaml(DATASOURCES)["datasources"][0]
+    assert ds["jsonData"]["timeInterval"] == interval
+
+
+def test_cadvisor_keep_filter_keeps_what_the_dashboard_reads():
+    config = load_yaml(PROM_CONFIG)
+    cad = next(sc for sc in config["scrape_configs"] if sc["job_name"] == "cadvisor")
+    keep = next(r for r in cad["metric_relabel_configs"] if r["action"] == "keep")
+    used = set()
+    for q in dashboard_queries():
+        if is_cadvisor(q.expr):
+            used |= {m for m in metric_names(q.expr) if m.startswith("container_")}
+    assert "container_cpu_usage_seconds_total" in used
+    for metric in used:
+        assert re.fullmatch(keep["regex"], metric), f"{metric} is dropped by the keep filter"
+    assert not re.fullmatch(keep["regex"], "container_fs_reads_total")
+
+
+def test_recorded_series_used_by_the_dashboard_exist():
+    recorded = set()
+    for path in (PROM_DIR / "rules").glob("*.yml"):
+        for group in load_yaml(path)["groups"]:
+            recorded |= {r["record"] for r in group["rules"] if "record" in r}
+    used = set()
+    for q in dashboard_queries():
+        used |= {m for m in metric_names(q.expr) if ":" in m}
+    assert used, "the quantile panels read the recording rules"
+    assert used <= recorded, used - recorded
+
+
+# ---------------------------------------------------------------- grafana/
+
+
+def test_datasource_provisioning():
+    doc = load_yaml(DATASOURCES)
+    assert doc["apiVersion"] == 1
+    (ds,) = doc["datasources"]
+    assert ds["type"] == "prometheus" and ds["uid"] == "wslab-prometheus"
+    # Reachable by compose service name and port.
+    assert ds["url"] == "http://prometheus:9090"
+    assert ds["access"] == "proxy" and ds["isDefault"] is True
+
+
+def test_dashboard_provider_provisioning():
+    doc = load_yaml(DASH_PROVIDERS)
+    assert doc["apiVersion"] == 1
+    (provider,) = doc["providers"]
+    assert provider["type"] == "file" and provider["options"]["path"]
+
+
+def test_dashboard_identity(dashboard):
+    assert dashboard["uid"] == "wslab-main"
+    assert dashboard["title"] == "WebSocket servers: Rust vs Python"
+    assert dashboard.get("id") is None, "a provisioned dashboard must not carry a database id"
+    assert "__inputs" not in dashboard
+
+
+def test_no_import_placeholders():
+    assert "${DS_" not in DASHBOARD.read_text()
+
+
+def test_every_datasource_reference_is_the_provisioned_uid(dashboard):
+    uid = load_yaml(DATASOURCES)["datasources"][0]["uid"]
+    refs = []
+
+    def walk(node, path):
+        if isinstance(node, dict):
+            if "datasource" in node and path[-1:] != ["annotations-list"]:
+                refs.append((path, node["datasource"]))
+            for k, v in node.items():
+                walk(v, [*path, k])
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, [*path, str(i)])
+
+    walk({k: v for k, v in dashboard.items() if k != "annotations"}, [])
+    panels = [p for p in all_panels(dashboard) if p["type"] != "row"]
+    assert len(refs) == len(panels) + len(dashboard_queries(dashboard)) + 1  # + the variable
+    for path, ref in refs:
+        assert isinstance(ref, dict), f"{'/'.join(path)}: datasource by name, not uid: {ref!r}"
+        assert ref == {"type": "prometheus", "uid": uid}, f"{'/'.join(path)}: {ref}"
+    for panel in all_panels(dashboard):
+        if panel["type"] != "row":
+            assert panel["datasource"]["uid"] == uid, panel["title"]
+            for t in panel["targets"]:
+                assert t["datasource"]["uid"] == uid, (panel["title"], t["refId"])
+
+
+def test_panel_ids_unique_and_layout_does_not_overlap(dashboard):
+    panels = all_panels(dashboard)
+    ids = [p["id"] for p in panels]
+    assert len(ids) == len(set(ids)), "duplicate panel ids"
+    cells = {}
+    for p in panels:
+        g = p["gridPos"]
+        assert g["x"] + g["w"] <= 24, p["title"]
+        for x in range(g["x"], g["x"] + g["w"]):
+            for y in range(g["y"], g["y"] + g["h"]):
+                assert (x, y) not in cells, f"{p['title']} overlaps {cells[(x, y)]}"
+                cells[(x, y)] = p["title"]
+
+
+def test_ref_ids_unique_per_panel(dashboard):
+    for p in all_panels(dashboard):
+        refs = [t["refId"] for t in p.get("targets", [])]
+        assert len(refs) == len(set(refs)), p["title"]
+
+
+def test_testid_variable(dashboard):
+    (var,) = [v for v in dashboard["templating"]["list"] if v["name"] == "testid"]
+    assert var["type"] == "query" and "testid" in var["definition"]
+    assert var["includeAll"] and var["allValue"] == ".*"
+    for q in dashboard_queries(dashboard):
+        if "k6_" in q.expr:
+            # Every selector of a k6 series filters on the chosen runs.
+            for sel in re.findall(r"k6_\w+\{([^}]*)\}", q.expr):
+                assert 'testid=~"$testid"' in sel, q.test_id
+
+
+def test_servers_selected_by_job_containers_by_service_label(dashboard):
+    text = json.dumps(dashboard)
+    # Never by compose project or container name: renaming the folder must not break panels.
+    for bad in (
+        "compose_project",
+        "container_name",
+        "name=~",
+        'name="',
+        "wslab-rust",
+        "wslab_rust",
+    ):
+        assert bad not in text, bad
+    for q in dashboard_queries(dashboard):
+        if is_cadvisor(q.expr):
+            for sel in re.findall(r"container_\w+\{([^}]*)\}", q.expr):
+                assert CADVISOR_LABEL + '=~"rust-ws|python-ws"' in sel, q.test_id
+        elif "k6_" not in q.expr:
+            for sel in re.findall(r"\b[a-z_:]+\{([^}]*)\}", q.expr):
+                assert re.search(r'\bjob=~?"', sel), f"{q.test_id}: {sel}"
+            assert expected_servers(q) <= set(SERVER_JOBS) and expected_servers(q), q.test_id
+
+
+def test_time_panels_use_seconds(dashboard):
+    timed = 0
+    for p in all_panels(dashboard):
+        exprs = " ".join(t["expr"] for t in p.get("targets", []))
+        if re.search(
+            r"_seconds(_bucket)?\b|_seconds:|k6_(ws_connecting|wslab_rtt|wslab_delivery_latency)_",
+            exprs,
+        ) and not re.search(r"process_cpu_seconds_total|container_cpu_usage_seconds_total", exprs):
+            timed += 1
+            unit = p["fieldConfig"]["defaults"].get("unit")
+            if p["type"] == "heatmap":
+                unit = p["options"]["yAxis"]["unit"]
+            assert unit == "s", f"{p['title']}: unit {unit!r}; k6 and the servers report seconds"
+    assert timed >= 8
+
+
+REQUIRED_METRICS = {
+    "ws_connections",
+    "all_ws_connections_total",
+    "ws_closed_conns_errors_total",
+    "ws_messages_received_total",
+    "ws_messages_sent_total",
+    "ws_message_handling_duration_seconds_bucket",
+    "ws_broadcast_duration_seconds_bucket",
+    "job:ws_message_handling_duration_seconds:histogram_quantile_rate30s",
+    "job:ws_broadcast_duration_seconds:histogram_quantile_rate30s",
+    "container_cpu_usage_seconds_total",
+    "container_memory_working_set_bytes",
+    "process_cpu_seconds_total",
+    "process_resident_memory_bytes",
+    "k6_vus",
+    "k6_ws_sessions_total",
+    "k6_ws_connecting_p95",
+    "k6_wslab_rtt_p95",
+    "k6_ws_msgs_sent_total",
+    "k6_ws_msgs_received_total",
+    "k6_checks_rate",
+    "k6_wslab_errors_total",
+    "k6_wslab_unclean_closes_total",
+}
+
+
+def test_dashboard_covers_the_issue_panels(dashboard):
+    used = set()
+    for q in dashboard_queries(dashboard):
+        used |= metric_names(q.expr)
+    assert used >= REQUIRED_METRICS, REQUIRED_METRICS - used
+    # A heatmap per histogram per server.
+    heatmaps = {
+        (m, s)
+        for p in all_panels(dashboard)
+        if p["type"] == "heatmap"
+        for t in p["targets"]
+        for m in metric_names(t["expr"])
+        for s in re.findall(r'job="([^"]+)"', t["expr"])
+    }
+    assert heatmaps == {
+        (f"ws_{h}_duration_seconds_bucket", s)
+        for h in ("message_handling", "broadcast")
+        for s in SERVER_JOBS
+    }
+    quantiles = {
+        re.search(r'quantile="([^"]+)"', q.expr).group(1)
+        for q in dashboard_queries(dashboard)
+        if "histogram_quantile" in q.expr
+    }
+    assert quantiles == {"0.5", "0.95", "0.99"}
+
+
+def test_every_query_substitutes_cleanly(dashboard):
+    for q in dashboard_queries(dashboard):
+        expr = substitute(q.expr, {"testid": "x"})
+        assert "$" not in expr, q.test_id

@@ -1,0 +1,311 @@
+"""The k6 scripts under k6/scripts/, run by the real k6 1.1.0 against both real servers.
+
+- every script runs every scenario in SMOKE mode and exits 0 with its thresholds enforced, and
+  what k6 says it did matches what the server it targeted counted;
+- both.js lays the two servers out in consecutive windows by default;
+- a script pointed at a dead port exits non-zero and says what to start;
+- a smoke run pushes to a real Prometheus by remote write, tagged by server, trends in seconds.
+
+The servers are started once for the module (tests/harness.py); each k6 run takes ~5-20 s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.parse
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from harness import free_port, http_get, running_server
+from k6run import run_k6, server_env
+
+SCENARIOS = ("sessions", "chat", "echo", "hold")
+SCRIPT_SERVERS = {
+    "rust.js": ("rust",),
+    "python.js": ("python",),
+    "both.js": ("rust", "python"),
+}
+# k6 output that must never appear: a handler threw, or k6 complained about the script.
+BAD_OUTPUT = re.compile(
+    r"level=error|GoError|TypeError|ReferenceError|InvalidStateError"
+)
+
+
+@pytest.fixture(scope="module")
+def servers():
+    with running_server("rust") as rust, running_server("python") as python:
+        yield {"rust": rust, "python": python}
+
+
+@pytest.fixture()
+def smoke_env(servers):
+    # A server that died during an earlier test would turn every later run into a setup() abort;
+    # say so with its log instead.
+    for server in servers.values():
+        assert server.proc.poll() is None, (
+            f"{server.name} exited with {server.proc.returncode}:\n{server.log()}"
+        )
+    return {"SMOKE": "1", **server_env(servers["rust"], servers["python"])}
+
+
+def counter(server, name: str) -> float:
+    """A label-less sample from the server's /metrics."""
+    match = re.search(rf"^{name} (\S+)$", server.metrics_text(), re.MULTILINE)
+    assert match, f"{server.name} /metrics has no {name}"
+    return float(match.group(1))
+
+
+def wait_connections_zero(server, timeout: float = 10.0) -> float:
+    deadline = time.monotonic() + timeout
+    value = counter(server, "ws_connections")
+    while value != 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+        value = counter(server, "ws_connections")
+    return value
+
+
+def epoch(rfc3339: str) -> float:
+    """k6's JSON timestamps (nanosecond fractions, Z or an offset) as Unix seconds."""
+    match = re.fullmatch(r"(.+T\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)", rfc3339)
+    assert match, rfc3339
+    base, frac, zone = match.groups()
+    when = datetime.fromisoformat(base + ("+00:00" if zone == "Z" else zone))
+    return when.timestamp() + float(frac or 0)
+
+
+def assert_clean_run(result, servers_run, scenarios=SCENARIOS):
+    assert result.returncode == 0, result.output
+    assert not BAD_OUTPUT.search(result.output), result.output
+    for server in servers_run:
+        for scenario in scenarios:
+            tag = f"{{server:{server},scenario:{scenario}}}"
+            checks = result.metric(f"checks{tag}")
+            assert checks and checks["passes"] > 0, (tag, checks)
+            assert checks["fails"] == 0, (tag, checks)
+            received = result.metric(f"wslab_messages_received{tag}")
+            assert received and received["count"] > 0, (tag, received)
+            rtt = result.metric(f"wslab_rtt{tag}")
+            assert rtt and rtt["count"] > 0 and 0 < rtt["p(95)"] < 1000, (tag, rtt)
+        if "chat" in scenarios:
+            delivery = result.metric(
+                f"wslab_delivery_latency{{server:{server},scenario:chat}}"
+            )
+            assert delivery and delivery["count"] > 0, delivery
+    # Nothing went wrong anywhere: no error of any code, every close a clean handshake.
+    assert result.metric("wslab_errors") is None, result.metric("wslab_errors")
+    assert result.metric("wslab_unclean_closes") is None, result.metric(
+        "wslab_unclean_closes"
+    )
+
+
+def assert_tagged(points, servers_run, scenarios):
+    lab_points = [
+        p
+        for p in points
+        if p["metric"].startswith(("wslab_", "ws_")) or p["metric"] == "checks"
+    ]
+    assert lab_points
+    bad = [
+        p
+        for p in lab_points
+        if p["tags"].get("server") not in servers_run
+        or p["tags"].get("scenario") not in scenarios
+    ]
+    assert not bad, bad[:5]
+    assert {p["tags"]["server"] for p in lab_points} == set(servers_run)
+    assert {p["tags"]["scenario"] for p in lab_points} == set(scenarios)
+
+
+@pytest.mark.parametrize("script", ["rust.js", "python.js"])
+def test_single_server_script_runs_every_scenario(script, servers, smoke_env):
+    (kind,) = SCRIPT_SERVERS[script]
+    other = servers["python" if kind == "rust" else "rust"]
+    before = {k: counter(s, "all_ws_connections_total") for k, s in servers.items()}
+
+    result = run_k6(
+        script, {**smoke_env, "SCENARIO": "all", "PARALLEL": "1"}, timeout=120
+    )
+
+    assert_clean_run(result, (kind,))
+    # k6's count of sessions is the number of connections the targeted server accepted, and the
+    # other server saw none: the numbers are about the server the script names.
+    sessions = result.metric("ws_sessions")["count"]
+    assert counter(servers[kind], "all_ws_connections_total") - before[kind] == sessions
+    assert (
+        counter(other, "all_ws_connections_total")
+        == before["python" if kind == "rust" else "rust"]
+    )
+    assert wait_connections_zero(servers[kind]) == 0
+
+
+def test_both_parallel_runs_every_scenario_tagged(servers, smoke_env):
+    result = run_k6(
+        "both.js",
+        {**smoke_env, "SCENARIO": "all", "PARALLEL": "1"},
+        timeout=120,
+        json_out=True,
+    )
+    assert_clean_run(result, ("rust", "python"))
+    assert_tagged(result.points, ("rust", "python"), SCENARIOS)
+    for server in servers.values():
+        assert wait_connections_zero(server) == 0
+
+
+def test_both_defaults_to_consecutive_windows(smoke_env):
+    result = run_k6("both.js", smoke_env, timeout=120, json_out=True)
+
+    assert_clean_run(result, ("rust", "python"), scenarios=("sessions",))
+    assert_tagged(result.points, ("rust", "python"), ("sessions",))
+    times = {"rust": [], "python": []}
+    for p in result.points:
+        if p["metric"].startswith(("wslab_", "ws_")) or p["metric"] == "checks":
+            times[p["tags"]["server"]].append(epoch(p["time"]))
+    # Rust's window is over before Python's begins.
+    assert max(times["rust"]) < min(times["python"]), (
+        max(times["rust"]),
+        min(times["python"]),
+    )
+
+
+@pytest.mark.parametrize(
+    "script,kind,var",
+    [("rust.js", "rust", "RUST_WS_URL"), ("both.js", "python", "PYTHON_WS_URL")],
+)
+def test_dead_server_fails_fast_saying_what_to_start(script, kind, var, smoke_env):
+    port = free_port()
+    env = {**smoke_env, var: f"ws://127.0.0.1:{port}/ws"}
+    started = time.monotonic()
+    result = run_k6(script, env, timeout=60)
+
+    assert result.returncode != 0
+    assert time.monotonic() - started < 30
+    name = {"rust": "rust-ws", "python": "python-ws"}[kind]
+    assert (
+        f"{name} is not answering at http://127.0.0.1:{port}/healthz" in result.output
+    )
+    assert "start it with" in result.output
+    # It failed in setup(): no load was generated.
+    assert (
+        result.metric("ws_sessions") is None
+        or result.metric("ws_sessions")["count"] == 0
+    )
+
+
+@contextlib.contextmanager
+def running_prometheus():
+    """Debian's Prometheus on a free port, temporary TSDB, remote-write receiver on."""
+    binary = shutil.which("prometheus") or "/usr/bin/prometheus"
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="wslab-prom-") as tmp:
+        config = Path(tmp) / "prometheus.yml"
+        config.write_text("global:\n  scrape_interval: 15s\n")
+        log_path = Path(tmp) / "prometheus.log"
+        with log_path.open("w") as log:
+            proc = subprocess.Popen(
+                [
+                    binary,
+                    f"--config.file={config}",
+                    f"--storage.tsdb.path={Path(tmp) / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{port}",
+                    "--web.enable-remote-write-receiver",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                assert proc.poll() is None, log_path.read_text()
+                try:
+                    if http_get(url + "/-/ready", timeout=1)[0] == 200:
+                        break
+                except OSError:
+                    pass
+                assert time.monotonic() < deadline, "prometheus not ready in 30 s"
+                time.sleep(0.2)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def prom_query(url: str, query: str) -> list[dict]:
+    status, _, body = http_get(
+        url + "/api/v1/query?" + urllib.parse.urlencode({"query": query})
+    )
+    assert status == 200, body
+    return json.loads(body)["data"]["result"]
+
+
+def test_remote_write_reaches_prometheus_tagged_by_server(smoke_env):
+    testid = uuid.uuid4().hex[:12]
+    with running_prometheus() as prom:
+        env = {
+            **smoke_env,
+            "SCENARIO": "echo",
+            "PARALLEL": "1",
+            "K6_PROMETHEUS_RW_SERVER_URL": prom + "/api/v1/write",
+            "K6_PROMETHEUS_RW_TREND_STATS": "p(50),p(95),p(99),avg,max,count",
+        }
+        result = run_k6(
+            "both.js",
+            env,
+            args=("-o", "experimental-prometheus-rw", "--tag", f"testid={testid}"),
+            timeout=120,
+        )
+        assert_clean_run(result, ("rust", "python"), scenarios=("echo",))
+
+        sel = f'testid="{testid}"'
+        series = prom_query(
+            prom, f'group by (__name__, server) ({{__name__=~"k6_.+", {sel}}})'
+        )
+        names_by_server: dict[str, set[str]] = {}
+        for s in series:
+            names_by_server.setdefault(s["metric"].get("server", ""), set()).add(
+                s["metric"]["__name__"]
+            )
+        assert {"rust", "python"} <= set(names_by_server), names_by_server
+        for server in ("rust", "python"):
+            names = names_by_server[server]
+            for stat in ("p50", "p95", "p99", "avg", "max", "count"):
+                assert f"k6_wslab_rtt_{stat}" in names, (server, sorted(names))
+            assert "k6_wslab_messages_received_total" in names
+            assert "k6_checks_rate" in names
+
+            # Trends arrive in seconds: the run's largest RTT in Prometheus is the summary's
+            # (milliseconds) divided by 1000.
+            rtt = result.metric(f"wslab_rtt{{server:{server},scenario:echo}}")
+            got = prom_query(
+                prom,
+                f'max(max_over_time(k6_wslab_rtt_max{{server="{server}", {sel}}}[1h]))',
+            )
+            assert got, server
+            assert float(got[0]["value"][1]) == pytest.approx(
+                rtt["max"] / 1000, rel=1e-6
+            )
+
+            # Counters arrive as running totals: the last value is the summary's count.
+            received = result.metric(
+                f"wslab_messages_received{{server:{server},scenario:echo}}"
+            )
+            got = prom_query(
+                prom,
+                f'sum(max_over_time(k6_wslab_messages_received_total{{server="{server}", {sel}}}[1h]))',
+            )
+            assert got and float(got[0]["value"][1]) == received["count"], (
+                got,
+                received,
+            )
