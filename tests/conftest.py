@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import KINDS  # noqa: E402
+from harness import KINDS
 
 
 @pytest.fixture(params=KINDS)

@@ -23,9 +23,9 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 REPO = Path(__file__).resolve().parent.parent
 KINDS = ("rust", "python")
@@ -99,7 +99,9 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-                raise AssertionError(f"{self.name} did not exit within {timeout}s of {sig}")
+                raise AssertionError(
+                    f"{self.name} did not exit within {timeout}s of {sig}"
+                ) from None
         return self.proc.returncode
 
 
@@ -128,7 +130,10 @@ def running_server(kind: str, env: dict[str, str] | None = None) -> Iterator[Ser
     full_env = dict(os.environ)
     full_env.update({"WS_HOST": "127.0.0.1", "WS_PORT": str(port), "LOG_LEVEL": "info"})
     full_env.update(env or {})
-    log = tempfile.NamedTemporaryFile(prefix=f"wslab-{kind}-", suffix=".log", delete=False)
+    # Kept open for the server's lifetime and removed in `finally`, so no `with` block.
+    log = tempfile.NamedTemporaryFile(  # noqa: SIM115
+        prefix=f"wslab-{kind}-", suffix=".log", delete=False
+    )
     proc = subprocess.Popen(
         server_command(kind),
         env=full_env,
@@ -140,6 +145,10 @@ def running_server(kind: str, env: dict[str, str] | None = None) -> Iterator[Ser
     try:
         wait_healthy(server)
         yield server
+    except BaseException:
+        # The test failed with this server running: show what the server said before its log goes.
+        sys.stderr.write(f"--- {server.name} log (port {port}) ---\n{server.log()}\n")
+        raise
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
