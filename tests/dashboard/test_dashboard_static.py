@@ -186,14 +186,16 @@ def test_servers_get_equal_overridable_limits(compose):
 
 def test_ports_bind_loopback_by_default_and_are_overridable(compose):
     expected = {
-        "rust-ws": 8000,
-        "python-ws": 8001,
-        "prometheus": 9090,
-        "cadvisor": 8080,
-        "grafana": 3000,
+        "rust-ws": ("RUST_WS_PORT", 8000),
+        "python-ws": ("PYTHON_WS_PORT", 8001),
+        "prometheus": ("PROMETHEUS_PORT", 9090),
+        "cadvisor": ("CADVISOR_PORT", 8080),
+        "grafana": ("GRAFANA_PORT", 3000),
     }
-    for name, port in expected.items():
-        assert compose["services"][name]["ports"] == [f"${{WSLAB_BIND:-127.0.0.1}}:{port}:{port}"]
+    for name, (var, port) in expected.items():
+        assert compose["services"][name]["ports"] == [
+            f"${{WSLAB_BIND:-127.0.0.1}}:${{{var}:-{port}}}:{port}"
+        ]
     assert "ports" not in compose["services"]["k6"]
 
     def host_ips(resolved):
@@ -205,6 +207,9 @@ def test_ports_bind_loopback_by_default_and_are_overridable(compose):
 
     assert host_ips(compose_config()) == {"127.0.0.1"}
     assert host_ips(compose_config({"WSLAB_BIND": "0.0.0.0"})) == {"0.0.0.0"}
+    # Host ports move with their variables (the compose smoke test uses free ones).
+    moved = compose_config({"RUST_WS_PORT": "18000"})["services"]["rust-ws"]["ports"][0]
+    assert "18000" in str(moved), moved
 
 
 def test_servers_listen_on_their_protocol_ports(compose):
