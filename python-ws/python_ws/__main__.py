@@ -1,0 +1,92 @@
+"""Run python-ws: `python -m python_ws` (or the `python-ws` console script).
+
+Configuration comes from the environment (PROTOCOL.md §1); an invalid value prints one line to
+stderr and exits with status 2. SIGTERM or SIGINT closes every client with 1001 and exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+
+import tornado.httpserver
+import tornado.netutil
+
+from . import SERVER_NAME, __version__
+from .config import LOG_LEVELS, Config, ConfigError, from_env
+from .server import make_app
+
+log = logging.getLogger("python_ws")
+
+# The same backlog as rust-ws (tokio's TcpListener::bind); Tornado's default is 128.
+LISTEN_BACKLOG = 1024
+# How long shutdown waits for clients to answer the 1001 close frame.
+SHUTDOWN_GRACE_SECS = 3.0
+
+
+async def main(config: Config, sockets: list[socket.socket]) -> None:
+    """Serve on already bound `sockets` until SIGTERM or SIGINT."""
+    app = make_app(config)
+    server = tornado.httpserver.HTTPServer(app, xheaders=False)
+    server.add_sockets(sockets)
+    port = sockets[0].getsockname()[1]
+    log.info(
+        "%s %s listening on %s:%d backlog=%d pid=%d config: %s",
+        SERVER_NAME,
+        __version__,
+        config.host,
+        port,
+        LISTEN_BACKLOG,
+        os.getpid(),
+        config.describe(),
+    )
+    if config.ping_interval_secs and config.ping_timeout_secs > config.ping_interval_secs:
+        log.warning(
+            "WS_PING_TIMEOUT_SECS=%d is longer than WS_PING_INTERVAL_SECS=%d; Tornado uses %d",
+            config.ping_timeout_secs,
+            config.ping_interval_secs,
+            config.ping_interval_secs,
+        )
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+    log.info("shutting down: closing %d connections with 1001", len(app.hub.connections))
+    server.stop()  # stop accepting
+    app.hub.shutdown()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(app.hub.wait_empty(), timeout=SHUTDOWN_GRACE_SECS)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(server.close_all_connections(), timeout=1.0)
+    log.info("stopped")
+
+
+def run() -> None:
+    try:
+        config = from_env(os.environ)
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        sys.exit(2)
+    logging.basicConfig(
+        level=LOG_LEVELS[config.log_level],
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        sockets = tornado.netutil.bind_sockets(config.port, config.host, backlog=LISTEN_BACKLOG)
+    except OSError as err:  # address in use, not available, no permission
+        print(f"python-ws: cannot listen on {config.host}:{config.port}: {err}", file=sys.stderr)
+        sys.exit(1)
+    asyncio.run(main(config, sockets))
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,112 @@
+"""Protocol v1 messages: parse, validate and serialise (PROTOCOL.md §3), with no I/O.
+
+`handle_text` is everything the handling histogram times: JSON parse, the checks in the order the
+protocol lists them, and serialisation of the reply (or error) into the bytes that are sent.
+"""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+
+MAX_SENT_AT = 2**53 - 1
+
+BINARY_DETAIL = "binary frames are not supported; send JSON in a text frame"
+
+
+class Request:
+    """A valid client message (a plain slotted class: a frozen dataclass costs ~1 us to build)."""
+
+    __slots__ = ("ref", "sent_at", "text", "type", "user")
+
+    def __init__(
+        self, kind: str, user: str, text: str, ref: str | None, sent_at: int | None
+    ) -> None:
+        self.type = kind
+        self.user = user
+        self.text = text
+        self.ref = ref
+        self.sent_at = sent_at
+
+
+class ProtocolError(Exception):
+    """A client message that gets an error reply; the connection stays open."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+def parse(text: str) -> Request:
+    """Parse and validate one text message, or raise ProtocolError with the first failure.
+
+    `type(x) is str` / `is int` on purpose: bool is a subclass of int, and orjson keeps `1.0` a
+    float. len() of a str counts code points, which is what the protocol counts.
+    """
+    try:
+        obj = orjson.loads(text)
+    except orjson.JSONDecodeError as err:
+        raise ProtocolError("invalid_json", str(err)) from None
+    if type(obj) is not dict:
+        raise ProtocolError("invalid_message", "message: must be a JSON object")
+    kind = obj.get("type")
+    if type(kind) is not str:
+        raise ProtocolError("invalid_message", "type: must be a string, broadcast or echo")
+    if kind != "broadcast" and kind != "echo":
+        raise ProtocolError(
+            "unknown_type", f'type: unknown type "{kind}"; expected "broadcast" or "echo"'
+        )
+    user = obj.get("user")
+    if type(user) is not str or not 1 <= len(user) <= 32:
+        raise ProtocolError("invalid_message", "user: must be a string of 1-32 characters")
+    text_field = obj.get("text")
+    if type(text_field) is not str or not 1 <= len(text_field) <= 4096:
+        raise ProtocolError("invalid_message", "text: must be a string of 1-4096 characters")
+    ref = obj.get("ref")
+    if ref is not None and (type(ref) is not str or len(ref) > 64):
+        raise ProtocolError("invalid_message", "ref: must be null or a string of 0-64 characters")
+    sent_at = obj.get("sent_at")
+    if sent_at is not None and (type(sent_at) is not int or not 0 <= sent_at <= MAX_SENT_AT):
+        raise ProtocolError(
+            "invalid_message", f"sent_at: must be an integer from 0 to {MAX_SENT_AT}"
+        )
+    return Request(kind, user, text_field, ref, sent_at)
+
+
+def now_ms() -> int:
+    """Milliseconds since the Unix epoch."""
+    return time.time_ns() // 1_000_000
+
+
+def reply(req: Request, conn_id: str, seq: int, server_ts: int) -> bytes:
+    """The broadcast or echo payload, serialised once for every recipient."""
+    return orjson.dumps(
+        {
+            "type": req.type,
+            "from": conn_id,
+            "user": req.user,
+            "text": req.text,
+            "ref": req.ref,
+            "sent_at": req.sent_at,
+            "seq": seq,
+            "server_ts": server_ts,
+        }
+    )
+
+
+def error(code: str, detail: str) -> bytes:
+    return orjson.dumps({"type": "error", "code": code, "detail": detail})
+
+
+def welcome(conn_id: str, room: str, server: str, connections: int) -> bytes:
+    return orjson.dumps(
+        {
+            "type": "welcome",
+            "conn_id": conn_id,
+            "room": room,
+            "server": server,
+            "connections": connections,
+        }
+    )

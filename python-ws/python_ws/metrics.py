@@ -1,0 +1,104 @@
+"""The metrics contract (PROTOCOL.md §4) on a registry of its own.
+
+The registry holds the process collector and the ws_* families only: no python_* or gc_*
+families, and, with `disable_created_metrics()`, no `_created` series. Each `Metrics` owns its
+registry, so tests that build several apps don't share counters.
+"""
+
+from __future__ import annotations
+
+import prometheus_client
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
+
+# prometheus_client only offers this switch process-wide; it has to be off before any metric is
+# created, which is why it runs at import.
+prometheus_client.disable_created_metrics()
+
+# Prometheus 3 and rust-ws both speak text format 0.0.4; say so rather than using the library's
+# CONTENT_TYPE_LATEST, which is 1.0.0 in prometheus_client 0.26.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+BUCKETS = (
+    0.000005,
+    0.00001,
+    0.000025,
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+)
+
+CLOSE_REASONS = (
+    "abnormal",
+    "protocol",
+    "too_large",
+    "slow_consumer",
+    "ping_timeout",
+    "send_failed",
+)
+OUTCOMES = ("ok", "invalid")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        r = self.registry
+        self.connections = Gauge("ws_connections", "Open WebSocket connections.", registry=r)
+        self.accepted = Counter(
+            "all_ws_connections", "WebSocket connections accepted since start.", registry=r
+        )
+        self.closed_errors = Counter(
+            "ws_closed_conns_errors",
+            "WebSocket connections that ended abnormally, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.received = Counter(
+            "ws_messages_received",
+            "Messages received from clients, by outcome.",
+            ["outcome"],
+            registry=r,
+        )
+        self.sent = Counter("ws_messages_sent", "Messages written to clients.", registry=r)
+        self.handling = Histogram(
+            "ws_message_handling_duration_seconds",
+            "Time from a complete text message received until its reply payload is ready: "
+            "parse, validate and serialise.",
+            buckets=BUCKETS,
+            registry=r,
+        )
+        self.broadcast = Histogram(
+            "ws_broadcast_duration_seconds",
+            "Time to fan one broadcast out to every connection in its room: enqueueing the "
+            "shared payload, not network delivery.",
+            buckets=BUCKETS,
+            registry=r,
+        )
+        # Every label value exists at zero from start-up; keep the children for the hot path.
+        self.closed_by_reason = {
+            reason: self.closed_errors.labels(reason=reason) for reason in CLOSE_REASONS
+        }
+        self.received_ok = self.received.labels(outcome="ok")
+        self.received_invalid = self.received.labels(outcome="invalid")
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
