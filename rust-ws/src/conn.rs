@@ -1,0 +1,517 @@
+//! One WebSocket connection: its own task, reading frames and writing its outbound queue.
+//!
+//! Rocket runs an upgrade's I/O handler inside the task that owns the HTTP request, so a session
+//! run there keeps the whole request alive (about 28 KB per connection, shared/MEASURED.md). The
+//! handler here spawns the session as a detached task and returns at once; shutdown reaches the
+//! detached task through its outbox (`Hub::shutdown`), not through Rocket's request.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::{SinkExt, StreamExt};
+use rocket::data::{IoHandler, IoStream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::{sleep_until, timeout};
+use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
+
+use crate::close_fix::CloseFix;
+use crate::hub::{Kill, Next, Outbox, Room};
+use crate::metrics::CloseReason;
+use crate::protocol::{self, Kind};
+use crate::{log_debug, Server, Slot};
+
+type Ws = WebSocketStream<CloseFix<IoStream>>;
+
+/// Most queued messages written before one flush.
+const WRITE_BATCH: u64 = 64;
+/// How long a client gets to answer our close frame before the TCP connection is dropped.
+const CLOSE_DRAIN: Duration = Duration::from_secs(2);
+/// How long a close frame may wait behind unread data (slow consumers) before giving up.
+const SLOW_CLOSE_SEND: Duration = Duration::from_secs(10);
+/// At shutdown, time to send 1001 and then to hear back, so the process exits within ~5 s.
+const SHUTDOWN_SEND: Duration = Duration::from_secs(1);
+const SHUTDOWN_DRAIN: Duration = Duration::from_millis(1500);
+
+/// tungstenite's buffers for one connection. 4 KiB of eagerly allocated read buffer (the default
+/// is 128 KiB) keeps idle connections small; a write buffer of 0 writes each frame straight out
+/// instead of holding a second copy, since the outbox already queues.
+pub fn ws_config(max_message_bytes: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_message_size(Some(max_message_bytes))
+        .max_frame_size(Some(max_message_bytes))
+}
+
+/// The I/O handler Rocket calls once the 101 has gone out.
+pub struct Session {
+    pub(crate) server: Arc<Server>,
+    pub(crate) room: Box<str>,
+    pub(crate) slot: Slot,
+}
+
+#[rocket::async_trait]
+impl IoHandler for Session {
+    async fn io(self: Pin<Box<Self>>, io: IoStream) -> io::Result<()> {
+        let session = *Pin::into_inner(self);
+        // Detach: returning now lets Rocket drop the request (see the module docs).
+        tokio::spawn(session.run(io));
+        Ok(())
+    }
+}
+
+/// How a session ended, before its closing handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// The client sent a close frame.
+    ClientClosed,
+    /// EOF or reset without a close handshake.
+    Abnormal,
+    /// An invalid frame; the close code to answer with.
+    Protocol(CloseCode),
+    TooLarge,
+    SlowConsumer,
+    PingTimeout,
+    SendFailed,
+    Shutdown,
+}
+
+impl From<Kill> for Ending {
+    fn from(k: Kill) -> Self {
+        match k {
+            Kill::SlowConsumer => Ending::SlowConsumer,
+            Kill::Shutdown => Ending::Shutdown,
+        }
+    }
+}
+
+impl Ending {
+    fn reason(self) -> Option<CloseReason> {
+        match self {
+            Ending::ClientClosed | Ending::Shutdown => None,
+            Ending::Abnormal => Some(CloseReason::Abnormal),
+            Ending::Protocol(_) => Some(CloseReason::Protocol),
+            Ending::TooLarge => Some(CloseReason::TooLarge),
+            Ending::SlowConsumer => Some(CloseReason::SlowConsumer),
+            Ending::PingTimeout => Some(CloseReason::PingTimeout),
+            Ending::SendFailed => Some(CloseReason::SendFailed),
+        }
+    }
+}
+
+fn classify(e: &WsError) -> Ending {
+    match e {
+        WsError::Capacity(_) => Ending::TooLarge,
+        WsError::Utf8(_) => Ending::Protocol(CloseCode::Invalid),
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => Ending::Abnormal,
+        WsError::Io(_) | WsError::ConnectionClosed | WsError::AlreadyClosed => Ending::Abnormal,
+        _ => Ending::Protocol(CloseCode::Protocol),
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Keepalive state: when the next ping is due, and when an unanswered ping was sent.
+struct Keepalive {
+    interval: Duration,
+    timeout: Duration,
+    last_ping: Instant,
+    awaiting_since: Option<Instant>,
+}
+
+impl Keepalive {
+    fn deadline(&self) -> Instant {
+        match self.awaiting_since {
+            Some(sent) => sent + self.timeout,
+            None => self.last_ping + self.interval,
+        }
+    }
+}
+
+impl Session {
+    async fn run(mut self, io: IoStream) {
+        let server = &self.server;
+        let metrics = &server.metrics;
+        let mut ws = WebSocketStream::from_raw_socket(
+            CloseFix::new(io),
+            Role::Server,
+            Some(ws_config(server.config.max_message_bytes)),
+        )
+        .await;
+        metrics.accepted.inc();
+        // Decrements on drop, so the gauge comes back down however this task ends (even by an
+        // unwinding panic).
+        let _open = OpenGauge::inc(&metrics.connections);
+
+        let id = server.hub.next_conn_id();
+        let outbox = Arc::new(Outbox::new());
+        // Messages handed to tungstenite but not yet flushed when the session ended.
+        let mut unflushed = 0;
+        let joined = server.hub.join(&self.room, id, &outbox);
+        // The room keeps its own name; don't hold a second copy for the whole session.
+        self.room = Box::default();
+        let ending = match joined {
+            Some(room) => {
+                let mut conn = Conn {
+                    server,
+                    id,
+                    room: &room,
+                    outbox: &outbox,
+                    unflushed: 0,
+                };
+                let ending = conn.serve(&mut ws).await;
+                unflushed = conn.unflushed;
+                // Leave before the closing handshake, so no fan-out targets us meanwhile.
+                server.hub.leave(&room, id);
+                ending
+            }
+            None => Ending::Shutdown,
+        };
+        drop(outbox);
+        log_debug!("conn {id}: ending {ending:?}");
+
+        // Counted when the server decides, not after the closing handshake: an evicted slow
+        // reader may take seconds to take its close frame, and the eviction happened now.
+        if let Some(reason) = ending.reason() {
+            metrics.closed_abnormally(reason);
+        }
+        // The rare closing paths are boxed so their buffers and timers don't enlarge every
+        // connection's task.
+        if Box::pin(close(&mut ws, ending)).await {
+            // The close frame went out behind them, so they were written too.
+            metrics.sent.inc_by(unflushed);
+        }
+        // The TCP connection ends here, then the gauge and the slot follow.
+        drop(ws);
+        drop(_open);
+        drop(self.slot);
+    }
+}
+
+/// `ws_connections` +1 now and −1 on drop.
+struct OpenGauge<'a>(&'a prometheus::IntGauge);
+
+impl<'a> OpenGauge<'a> {
+    fn inc(gauge: &'a prometheus::IntGauge) -> Self {
+        gauge.inc();
+        OpenGauge(gauge)
+    }
+}
+
+impl Drop for OpenGauge<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// The closing handshake each ending calls for; true if our close frame (and so everything
+/// queued before it) was written. Every wait is bounded.
+async fn close(ws: &mut Ws, ending: Ending) -> bool {
+    match ending {
+        Ending::ClientClosed => {
+            // tungstenite has queued the echo of the client's close frame; reading on flushes it
+            // and ends the stream once the handshake is complete.
+            matches!(timeout(CLOSE_DRAIN, drain(ws)).await, Ok(true))
+        }
+        Ending::Shutdown => {
+            close_and_drain(
+                ws,
+                CloseCode::Away,
+                "server shutting down",
+                SHUTDOWN_SEND,
+                SHUTDOWN_DRAIN,
+            )
+            .await
+        }
+        Ending::SlowConsumer => {
+            close_and_drain(
+                ws,
+                CloseCode::Policy,
+                "slow consumer",
+                SLOW_CLOSE_SEND,
+                CLOSE_DRAIN,
+            )
+            .await
+        }
+        Ending::TooLarge => close_after_read_error(ws, CloseCode::Size, "message too large").await,
+        Ending::Protocol(code) => close_after_read_error(ws, code, "protocol error").await,
+        // The peer is gone or unresponsive, or the socket failed: just drop it.
+        Ending::Abnormal | Ending::PingTimeout | Ending::SendFailed => false,
+    }
+}
+
+/// Reads until the stream ends; true if it ended with the close handshake complete.
+async fn drain(ws: &mut Ws) -> bool {
+    while let Some(frame) = ws.next().await {
+        if frame.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+fn close_message(code: CloseCode, reason: &'static str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: Utf8Bytes::from_static(reason),
+    }))
+}
+
+/// Sends our close frame, then reads until the client's answer ends the stream.
+async fn close_and_drain(
+    ws: &mut Ws,
+    code: CloseCode,
+    reason: &'static str,
+    send_within: Duration,
+    drain_within: Duration,
+) -> bool {
+    let sent = matches!(
+        timeout(send_within, ws.send(close_message(code, reason))).await,
+        Ok(Ok(()))
+    );
+    if sent {
+        let _ = timeout(drain_within, drain(ws)).await;
+    }
+    sent
+}
+
+/// After a read error tungstenite yields no more frames, and the rest of the offending frame may
+/// still be unread. Send the close frame, end our side of TCP, and discard input until the
+/// client closes: dropping a socket with unread input would send a reset instead of a FIN, and
+/// the client could lose our close frame.
+async fn close_after_read_error(ws: &mut Ws, code: CloseCode, reason: &'static str) -> bool {
+    let sent = matches!(
+        timeout(SHUTDOWN_SEND, ws.send(close_message(code, reason))).await,
+        Ok(Ok(()))
+    );
+    if sent {
+        let io = ws.get_mut();
+        let _ = timeout(CLOSE_DRAIN, async {
+            let _ = io.shutdown().await;
+            let mut buf = vec![0u8; 4096];
+            while let Ok(n) = io.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+    sent
+}
+
+/// How a write step ended, when it didn't end the session.
+enum WriteDone {
+    Written,
+    /// The keepalive timer fired while the write waited on the socket.
+    PingDue,
+}
+
+/// The keepalive timer fired: drop a peer whose ping went unanswered for the timeout, or send the
+/// next ping. A ping may wait behind unread data, so sending it is bounded by the timeout too.
+async fn keepalive_tick(
+    ws: &mut Ws,
+    outbox: &Outbox,
+    keepalive: &mut Keepalive,
+    ping_timer: &mut Pin<&mut tokio::time::Sleep>,
+) -> Result<(), Ending> {
+    let now = Instant::now();
+    if keepalive.awaiting_since.is_some() {
+        if now >= keepalive.deadline() {
+            return Err(Ending::PingTimeout);
+        }
+    } else {
+        keepalive.last_ping = now;
+        keepalive.awaiting_since = Some(now);
+        tokio::select! {
+            r = ws.send(Message::Ping(Default::default())) => if r.is_err() {
+                return Err(Ending::SendFailed);
+            },
+            k = outbox.wait_killed() => return Err(k.into()),
+            _ = tokio::time::sleep(keepalive.timeout) => return Err(Ending::PingTimeout),
+        }
+    }
+    ping_timer.as_mut().reset(keepalive.deadline().into());
+    Ok(())
+}
+
+/// The running part of a session.
+struct Conn<'a> {
+    server: &'a Server,
+    id: u64,
+    room: &'a Arc<Room>,
+    outbox: &'a Arc<Outbox>,
+    /// Messages handed to tungstenite but not yet flushed; counted as sent once flushed.
+    unflushed: u64,
+}
+
+impl Conn<'_> {
+    async fn serve(&mut self, ws: &mut Ws) -> Ending {
+        let cfg = &self.server.config;
+        let pings = cfg.ping_interval_secs > 0;
+        let mut keepalive = Keepalive {
+            interval: Duration::from_secs(cfg.ping_interval_secs),
+            timeout: Duration::from_secs(cfg.ping_timeout_secs),
+            last_ping: Instant::now(),
+            awaiting_since: None,
+        };
+        let ping_timer = sleep_until(keepalive.deadline().into());
+        tokio::pin!(ping_timer);
+        let outbox = self.outbox;
+
+        loop {
+            tokio::select! {
+                next = outbox.next() => match next {
+                    Next::Kill(k) => return k.into(),
+                    Next::Message(m) => match self.write(ws, m, &mut ping_timer).await {
+                        Err(ending) => return ending,
+                        Ok(WriteDone::PingDue) => {
+                            if let Err(ending) = keepalive_tick(ws, outbox, &mut keepalive, &mut ping_timer).await {
+                                return ending;
+                            }
+                        }
+                        Ok(WriteDone::Written) => {}
+                    },
+                },
+                frame = ws.next() => match frame {
+                    None => return Ending::Abnormal,
+                    Some(Err(e)) => {
+                        log_debug!("conn {}: read error: {e}", self.id);
+                        return classify(&e);
+                    }
+                    Some(Ok(Message::Text(text))) => self.on_text(text.as_str()),
+                    Some(Ok(Message::Binary(_))) => {
+                        let payload = protocol::error_payload(&protocol::binary_unsupported());
+                        self.server.metrics.received_invalid.inc();
+                        self.push_own(payload);
+                    }
+                    // tungstenite queues the pong itself and flushes it on the next read.
+                    Some(Ok(Message::Ping(_))) => {}
+                    Some(Ok(Message::Pong(_))) => {
+                        if keepalive.awaiting_since.take().is_some() && pings {
+                            ping_timer.as_mut().reset(keepalive.deadline().into());
+                        }
+                    }
+                    Some(Ok(Message::Close(frame))) => {
+                        if frame.is_none() {
+                            // Our reply must carry 1000, not tungstenite's empty echo.
+                            ws.get_mut().answer_empty_close_with_1000();
+                        }
+                        return Ending::ClientClosed;
+                    }
+                    Some(Ok(Message::Frame(_))) => {}
+                },
+                _ = &mut ping_timer, if pings => {
+                    if let Err(ending) = keepalive_tick(ws, outbox, &mut keepalive, &mut ping_timer).await {
+                        return ending;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes `first` and whatever else is queued (up to a batch), then flushes. A kill or the
+    /// keepalive deadline interrupts a write stuck behind a client that doesn't read; what was
+    /// handed to tungstenite stays in its buffer and goes out with the next flush or close.
+    async fn write(
+        &mut self,
+        ws: &mut Ws,
+        first: Utf8Bytes,
+        ping_timer: &mut Pin<&mut tokio::time::Sleep>,
+    ) -> Result<WriteDone, Ending> {
+        let outbox = self.outbox;
+        let unflushed = &mut self.unflushed;
+        let write = async {
+            ws.feed(Message::Text(first)).await?;
+            *unflushed += 1;
+            while *unflushed < WRITE_BATCH {
+                match outbox.try_pop() {
+                    Some(m) => {
+                        ws.feed(Message::Text(m)).await?;
+                        *unflushed += 1;
+                    }
+                    None => break,
+                }
+            }
+            ws.flush().await
+        };
+        tokio::select! {
+            r = write => match r {
+                Ok(()) => {
+                    self.server.metrics.sent.inc_by(self.unflushed);
+                    self.unflushed = 0;
+                    Ok(WriteDone::Written)
+                }
+                Err(e) => {
+                    log_debug!("conn {}: write error: {e}", self.id);
+                    Err(Ending::SendFailed)
+                }
+            },
+            k = outbox.wait_killed() => Err(k.into()),
+            _ = ping_timer.as_mut(), if self.server.config.ping_interval_secs > 0 => {
+                Ok(WriteDone::PingDue)
+            }
+        }
+    }
+
+    /// Queues a reply for this connection alone. If our own queue is full, that is the same
+    /// slow-consumer eviction a fan-out would do; the main loop sees the kill next.
+    fn push_own(&self, payload: String) {
+        self.outbox
+            .push(payload.into(), self.server.hub.send_queue());
+    }
+
+    /// Parse, validate, serialise (the handling timer), then hand off: to our own queue for an
+    /// echo or an error, to the room's fan-out (the broadcast timer) for a broadcast.
+    fn on_text(&self, text: &str) {
+        let metrics = &self.server.metrics;
+        let start = Instant::now();
+        let value = match protocol::parse(text) {
+            Ok(v) => v,
+            Err(e) => return self.reply_error(start, &e),
+        };
+        let msg = match protocol::validate(&value) {
+            Ok(m) => m,
+            Err(e) => return self.reply_error(start, &e),
+        };
+        let server_ts = now_ms();
+        let head = protocol::reply_head(&msg, self.id);
+        match msg.kind {
+            Kind::Echo => {
+                // An echo has no room sequence: seq is always 0.
+                let payload = protocol::finish_reply(head, 0, server_ts);
+                metrics.handling.observe(start.elapsed().as_secs_f64());
+                metrics.received_ok.inc();
+                self.push_own(payload);
+            }
+            Kind::Broadcast => {
+                let head_secs = start.elapsed().as_secs_f64();
+                let times = self.server.hub.broadcast(self.room, |seq| {
+                    protocol::finish_reply(head, seq, server_ts)
+                });
+                metrics.handling.observe(head_secs + times.finish_secs);
+                metrics.broadcast.observe(times.fan_out_secs);
+                metrics.received_ok.inc();
+            }
+        }
+    }
+
+    fn reply_error(&self, start: Instant, err: &protocol::ProtocolError) {
+        let payload = protocol::error_payload(err);
+        let metrics = &self.server.metrics;
+        metrics.handling.observe(start.elapsed().as_secs_f64());
+        metrics.received_invalid.inc();
+        self.push_own(payload);
+    }
+}

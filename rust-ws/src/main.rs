@@ -1,0 +1,117 @@
+//! rust-ws: the wslab Rocket WebSocket server (protocol v1, see PROTOCOL.md at the repo root).
+//!
+//! Run it from the repository root:
+//!
+//! ```text
+//! cargo run -p rust-ws                          # ws://0.0.0.0:8000/ws, /metrics, /healthz
+//! WS_PORT=9000 LOG_LEVEL=debug cargo run -p rust-ws
+//! cargo build --release -p rust-ws && target/release/rust-ws
+//! rust-ws --healthcheck                         # exit 0 if /healthz on $WS_PORT answers 200
+//! ```
+//!
+//! Configuration comes from `WS_*` and `LOG_LEVEL` (PROTOCOL.md §1); `ROCKET_*` also works, but
+//! `WS_HOST`/`WS_PORT` win. An invalid value prints one `config error: ...` line and exits 2.
+//! SIGTERM or SIGINT closes every WebSocket with 1001 and exits 0 within about 5 s.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use rocket::error::ErrorKind;
+use rust_ws::{Config, Server};
+
+// mimalloc trims the per-connection footprint against glibc malloc (shared/MEASURED.md: ~9.9 KB
+// vs ~11.8 KB per connection). Like the others it keeps freed memory for a while: RSS stays up
+// for some seconds after a mass disconnect, which is retention, not a leak.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        [] => {}
+        ["--healthcheck"] => {
+            let healthy = rust_ws::healthcheck_port().is_some_and(rust_ws::healthcheck);
+            return if healthy {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            };
+        }
+        _ => {
+            eprintln!("usage: rust-ws [--healthcheck]  (configure with WS_* variables)");
+            return ExitCode::from(2);
+        }
+    }
+
+    // Validate everything before Rocket binds anything.
+    let config = match Config::from_env() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    // Rocket's own settings (ROCKET_*) are checked here too, before anything binds: an invalid
+    // one is a config error like an invalid WS_* value. (`rocket::execute` would panic on it.)
+    let rocket_config: rocket::Config = match rust_ws::figment(&config).extract() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("config error: {}", e.to_string().replace('\n', " "));
+            return ExitCode::from(2);
+        }
+    };
+    // The runtime `rocket::execute` would build, from the configuration checked above.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(rocket_config.workers)
+        .max_blocking_threads(rocket_config.max_blocking)
+        .thread_name("rocket-worker-thread")
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: rust-ws could not start its runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(serve(config));
+    // Don't wait on stray blocking tasks at exit.
+    runtime.shutdown_timeout(Duration::from_millis(500));
+    code
+}
+
+async fn serve(config: Config) -> ExitCode {
+    let rocket = rust_ws::rocket(config);
+    let server = rocket
+        .state::<std::sync::Arc<Server>>()
+        .cloned()
+        .expect("rocket() manages the server state");
+
+    match rocket.launch().await {
+        Ok(_) => {}
+        // Rocket reports a shutdown that had to force connections closed as an error; the
+        // shutdown was still requested and carried out.
+        Err(e) if matches!(e.kind(), ErrorKind::Shutdown(..)) => {}
+        // Checked in main already; kept so a configuration error never panics.
+        Err(e) if matches!(e.kind(), ErrorKind::Config(_)) => {
+            if let ErrorKind::Config(figment_error) = e.kind() {
+                let line = figment_error.to_string().replace('\n', " ");
+                eprintln!("config error: {line}");
+            }
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            // kind() above marked it handled; print it ourselves, on one line.
+            eprintln!("error: rust-ws failed: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    // Connection tasks are detached from Rocket: give their 1001 handshakes time to finish.
+    server.wait_idle(Duration::from_millis(2500)).await;
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,230 @@
+//! The metrics contract of PROTOCOL.md §4, in a registry owned by one server instance.
+//!
+//! Each `Metrics` has its own `Registry` (no globals), so in-process tests that run servers in
+//! parallel never see each other's counters.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+/// Bucket upper bounds (seconds) shared by both histograms and both servers.
+pub const BUCKETS: [f64; 18] = [
+    0.000005, 0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+    0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// The exposition content type Prometheus expects for text format 0.0.4.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Why a connection ended abnormally: the `reason` label values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    Abnormal,
+    Protocol,
+    TooLarge,
+    SlowConsumer,
+    PingTimeout,
+    SendFailed,
+}
+
+impl CloseReason {
+    pub const ALL: [CloseReason; 6] = [
+        CloseReason::Abnormal,
+        CloseReason::Protocol,
+        CloseReason::TooLarge,
+        CloseReason::SlowConsumer,
+        CloseReason::PingTimeout,
+        CloseReason::SendFailed,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            CloseReason::Abnormal => "abnormal",
+            CloseReason::Protocol => "protocol",
+            CloseReason::TooLarge => "too_large",
+            CloseReason::SlowConsumer => "slow_consumer",
+            CloseReason::PingTimeout => "ping_timeout",
+            CloseReason::SendFailed => "send_failed",
+        }
+    }
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub connections: IntGauge,
+    pub accepted: IntCounter,
+    closed_errors: IntCounterVec,
+    pub received_ok: IntCounter,
+    pub received_invalid: IntCounter,
+    pub sent: IntCounter,
+    pub handling: Histogram,
+    pub broadcast: Histogram,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let connections = IntGauge::new("ws_connections", "Open WebSocket connections.").unwrap();
+        let accepted = IntCounter::new(
+            "all_ws_connections_total",
+            "WebSocket connections accepted since start.",
+        )
+        .unwrap();
+        let closed_errors = IntCounterVec::new(
+            Opts::new(
+                "ws_closed_conns_errors_total",
+                "WebSocket connections that ended abnormally, by reason.",
+            ),
+            &["reason"],
+        )
+        .unwrap();
+        let received = IntCounterVec::new(
+            Opts::new(
+                "ws_messages_received_total",
+                "Messages received from clients, by outcome.",
+            ),
+            &["outcome"],
+        )
+        .unwrap();
+        let sent =
+            IntCounter::new("ws_messages_sent_total", "Messages written to clients.").unwrap();
+        let handling = Histogram::with_opts(
+            HistogramOpts::new(
+                "ws_message_handling_duration_seconds",
+                "Time from a complete text message received until its reply payload is ready: \
+                 parse, validate and serialise.",
+            )
+            .buckets(BUCKETS.to_vec()),
+        )
+        .unwrap();
+        let broadcast = Histogram::with_opts(
+            HistogramOpts::new(
+                "ws_broadcast_duration_seconds",
+                "Time to fan one broadcast out to every connection in its room: enqueueing the \
+                 shared payload, not network delivery.",
+            )
+            .buckets(BUCKETS.to_vec()),
+        )
+        .unwrap();
+
+        // Every label value exists at 0 from start-up, so the first scrape shows every series.
+        for reason in CloseReason::ALL {
+            closed_errors.with_label_values(&[reason.label()]);
+        }
+        let received_ok = received.with_label_values(&["ok"]);
+        let received_invalid = received.with_label_values(&["invalid"]);
+
+        // Names are fixed and unique, so registration can only fail on a programming error.
+        registry.register(Box::new(connections.clone())).unwrap();
+        registry.register(Box::new(accepted.clone())).unwrap();
+        registry.register(Box::new(closed_errors.clone())).unwrap();
+        registry.register(Box::new(received)).unwrap();
+        registry.register(Box::new(sent.clone())).unwrap();
+        registry.register(Box::new(handling.clone())).unwrap();
+        registry.register(Box::new(broadcast.clone())).unwrap();
+        // process_* families (Linux only: they read /proc).
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .unwrap();
+
+        Metrics {
+            registry,
+            connections,
+            accepted,
+            closed_errors,
+            received_ok,
+            received_invalid,
+            sent,
+            handling,
+            broadcast,
+        }
+    }
+
+    pub fn closed_abnormally(&self, reason: CloseReason) {
+        self.closed_errors
+            .with_label_values(&[reason.label()])
+            .inc();
+    }
+
+    pub fn closed_count(&self, reason: CloseReason) -> u64 {
+        self.closed_errors
+            .with_label_values(&[reason.label()])
+            .get()
+    }
+
+    /// The text exposition of every family.
+    pub fn render(&self) -> String {
+        let mut out = Vec::with_capacity(8 * 1024);
+        // Encoding well-formed families into memory does not fail.
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("encoding metrics");
+        String::from_utf8(out).expect("metrics text is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposes_every_family_and_label_at_zero() {
+        let m = Metrics::new();
+        let text = m.render();
+        for line in [
+            "# HELP ws_connections Open WebSocket connections.",
+            "# TYPE ws_connections gauge",
+            "ws_connections 0",
+            "# TYPE all_ws_connections_total counter",
+            "all_ws_connections_total 0",
+            "# HELP ws_closed_conns_errors_total WebSocket connections that ended abnormally, by reason.",
+            "ws_closed_conns_errors_total{reason=\"abnormal\"} 0",
+            "ws_closed_conns_errors_total{reason=\"send_failed\"} 0",
+            "ws_closed_conns_errors_total{reason=\"too_large\"} 0",
+            "ws_messages_received_total{outcome=\"ok\"} 0",
+            "ws_messages_received_total{outcome=\"invalid\"} 0",
+            "# HELP ws_messages_sent_total Messages written to clients.",
+            "# HELP ws_message_handling_duration_seconds Time from a complete text message received until its reply payload is ready: parse, validate and serialise.",
+            "# HELP ws_broadcast_duration_seconds Time to fan one broadcast out to every connection in its room: enqueueing the shared payload, not network delivery.",
+            "ws_broadcast_duration_seconds_bucket{le=\"0.000005\"} 0",
+            "ws_broadcast_duration_seconds_bucket{le=\"2.5\"} 0",
+            "ws_broadcast_duration_seconds_bucket{le=\"+Inf\"} 0",
+            "# TYPE ws_message_handling_duration_seconds histogram",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+        assert!(!text.contains("_created"));
+        #[cfg(target_os = "linux")]
+        for family in [
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_open_fds",
+            "process_start_time_seconds",
+        ] {
+            assert!(
+                text.contains(&format!("# TYPE {family} ")),
+                "missing {family}"
+            );
+        }
+    }
+
+    #[test]
+    fn registries_are_independent() {
+        let (a, b) = (Metrics::new(), Metrics::new());
+        a.sent.inc();
+        a.closed_abnormally(CloseReason::TooLarge);
+        assert_eq!(b.sent.get(), 0);
+        assert_eq!(a.closed_count(CloseReason::TooLarge), 1);
+        assert_eq!(b.closed_count(CloseReason::TooLarge), 0);
+    }
+}

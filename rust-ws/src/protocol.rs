@@ -1,0 +1,472 @@
+//! Protocol v1 messages: parsing and validating client text, serialising server payloads.
+//!
+//! Everything here is pure and synchronous, so the handling timer can wrap it exactly and unit
+//! tests need no socket.
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+use validator::Validate;
+
+/// The largest `sent_at` a client may send: 2^53 − 1, the largest integer a JSON number in
+/// JavaScript holds exactly.
+pub const MAX_SENT_AT: u64 = 9_007_199_254_740_991;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Broadcast,
+    Echo,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Broadcast => "broadcast",
+            Kind::Echo => "echo",
+        }
+    }
+}
+
+/// A valid client message, borrowing its strings from the parsed JSON.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ClientMessage<'a> {
+    pub kind: Kind,
+    pub user: &'a str,
+    pub text: &'a str,
+    pub reference: Option<&'a str>,
+    pub sent_at: Option<u64>,
+}
+
+/// An error answer: `code` and a human-readable `detail`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProtocolError {
+    pub code: &'static str,
+    pub detail: String,
+}
+
+impl ProtocolError {
+    fn invalid(detail: impl Into<String>) -> Self {
+        ProtocolError {
+            code: "invalid_message",
+            detail: detail.into(),
+        }
+    }
+}
+
+/// The field rules, declared once with validator. Type checks (a string, an integer) happen
+/// before this struct is filled, because JSON types don't survive into Rust types.
+#[derive(Validate)]
+struct Fields<'a> {
+    #[validate(length(min = 1, max = 32))]
+    user: &'a str,
+    #[validate(length(min = 1, max = 4096))]
+    text: &'a str,
+    #[validate(length(max = 64))]
+    reference: Option<&'a str>,
+    #[validate(range(max = 9_007_199_254_740_991u64))]
+    sent_at: Option<u64>,
+}
+
+/// The field order of the protocol's checks, the validator field names and the error details.
+const FIELD_RULES: [(&str, &str); 4] = [
+    ("user", "user: must be a string of 1-32 characters"),
+    ("text", "text: must be a string of 1-4096 characters"),
+    (
+        "reference",
+        "ref: must be null or a string of at most 64 characters",
+    ),
+    (
+        "sent_at",
+        "sent_at: must be null or an integer from 0 to 9007199254740991",
+    ),
+];
+
+/// Parses client text into JSON. Kept apart from [`validate`] because the message borrows from
+/// the returned value.
+pub fn parse(text: &str) -> Result<Value, ProtocolError> {
+    serde_json::from_str::<Value>(text).map_err(|e| ProtocolError {
+        code: "invalid_json",
+        detail: e.to_string(),
+    })
+}
+
+/// Applies the protocol's checks in its order; the first failure answers.
+pub fn validate(value: &Value) -> Result<ClientMessage<'_>, ProtocolError> {
+    let obj = value
+        .as_object()
+        .ok_or_else(|| ProtocolError::invalid("message: must be a JSON object"))?;
+    let kind = match obj.get("type") {
+        Some(Value::String(t)) if t == "broadcast" => Kind::Broadcast,
+        Some(Value::String(t)) if t == "echo" => Kind::Echo,
+        Some(Value::String(t)) => {
+            // Name the type, but don't reflect an arbitrarily long string back.
+            let shown: String = t.chars().take(64).collect();
+            return Err(ProtocolError {
+                code: "unknown_type",
+                detail: format!(
+                    "unknown message type {shown:?}: expected \"broadcast\" or \"echo\""
+                ),
+            });
+        }
+        _ => {
+            return Err(ProtocolError::invalid(
+                "type: must be a string, \"broadcast\" or \"echo\"",
+            ))
+        }
+    };
+
+    // A field of the wrong JSON type fails its rule; it gets a placeholder that passes the
+    // validator so the error order stays the protocol's field order.
+    let mut wrong_type = [false; 4];
+    let user = required_str(obj, "user").unwrap_or_else(|| {
+        wrong_type[0] = true;
+        "x"
+    });
+    let text = required_str(obj, "text").unwrap_or_else(|| {
+        wrong_type[1] = true;
+        "x"
+    });
+    let reference = match obj.get("ref") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.as_str()),
+        Some(_) => {
+            wrong_type[2] = true;
+            None
+        }
+    };
+    let sent_at = match obj.get("sent_at") {
+        None | Some(Value::Null) => None,
+        // as_u64 is None for negatives and for any number written with a fraction or exponent
+        // (serde_json keeps those as f64), which is what "an integer" means here.
+        Some(Value::Number(n)) if n.as_u64().is_some() => n.as_u64(),
+        Some(_) => {
+            wrong_type[3] = true;
+            None
+        }
+    };
+
+    let fields = Fields {
+        user,
+        text,
+        reference,
+        sent_at,
+    };
+    if let Err(errors) = fields.validate() {
+        let failed = errors.field_errors();
+        for (i, (name, detail)) in FIELD_RULES.iter().enumerate() {
+            if wrong_type[i] || failed.contains_key(name) {
+                return Err(ProtocolError::invalid(*detail));
+            }
+        }
+    }
+    if let Some(i) = wrong_type.iter().position(|&w| w) {
+        return Err(ProtocolError::invalid(FIELD_RULES[i].1));
+    }
+
+    Ok(ClientMessage {
+        kind,
+        user,
+        text,
+        reference,
+        sent_at,
+    })
+}
+
+fn required_str<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
+    match obj.get(key) {
+        Some(Value::String(s)) => Some(s.as_str()),
+        _ => None,
+    }
+}
+
+/// A conn_id serialised as a JSON string of its decimal digits, without a temporary String.
+struct ConnId(u64);
+
+impl Serialize for ConnId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
+#[derive(Serialize)]
+struct ReplyHead<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    from: ConnId,
+    user: &'a str,
+    text: &'a str,
+    #[serde(rename = "ref")]
+    reference: Option<&'a str>,
+    sent_at: Option<u64>,
+}
+
+/// A broadcast or echo reply serialised up to, not including, `seq`: the room assigns `seq` under
+/// its lock, so [`finish_reply`] appends it there without re-serialising the rest.
+pub fn reply_head(msg: &ClientMessage<'_>, from: u64) -> Vec<u8> {
+    let head = ReplyHead {
+        kind: msg.kind.as_str(),
+        from: ConnId(from),
+        user: msg.user,
+        text: msg.text,
+        reference: msg.reference,
+        sent_at: msg.sent_at,
+    };
+    // user + text + ref, worst case 6 bytes per escaped char is rare; this avoids most regrowth.
+    let mut out = Vec::with_capacity(128 + msg.user.len() + msg.text.len());
+    // Serialising borrowed strs and integers into a Vec cannot fail.
+    serde_json::to_writer(&mut out, &head).expect("serialising a reply into memory");
+    out.pop(); // the closing '}', re-added by finish_reply
+    out
+}
+
+/// Completes a [`reply_head`] with `seq` and `server_ts`, giving the final payload text.
+pub fn finish_reply(mut head: Vec<u8>, seq: u64, server_ts: u64) -> String {
+    use std::io::Write;
+    // Writing into a Vec cannot fail.
+    let _ = write!(head, ",\"seq\":{seq},\"server_ts\":{server_ts}}}");
+    // The head came from serde_json and the tail is ASCII, so this is valid UTF-8; a check costs
+    // one pass and keeps this function free of `unsafe`.
+    String::from_utf8(head).expect("serde_json writes UTF-8")
+}
+
+#[derive(Serialize)]
+struct Welcome<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    conn_id: ConnId,
+    room: &'a str,
+    server: &'static str,
+    connections: usize,
+}
+
+pub const SERVER_NAME: &str = "rust-ws";
+
+pub fn welcome(conn_id: u64, room: &str, connections: usize) -> String {
+    serde_json::to_string(&Welcome {
+        kind: "welcome",
+        conn_id: ConnId(conn_id),
+        room,
+        server: SERVER_NAME,
+        connections,
+    })
+    .expect("serialising a welcome into memory")
+}
+
+#[derive(Serialize)]
+struct ErrorReply<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    code: &'static str,
+    detail: &'a str,
+}
+
+pub fn error_payload(err: &ProtocolError) -> String {
+    serde_json::to_string(&ErrorReply {
+        kind: "error",
+        code: err.code,
+        detail: &err.detail,
+    })
+    .expect("serialising an error into memory")
+}
+
+/// The answer to a binary frame.
+pub fn binary_unsupported() -> ProtocolError {
+    ProtocolError {
+        code: "binary_unsupported",
+        detail: "binary frames are not supported; send JSON in text frames".into(),
+    }
+}
+
+/// A valid room name: 1–64 characters of `[A-Za-z0-9_.-]`.
+pub fn valid_room(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// (kind, user, text, ref, sent_at), owned.
+    type Parsed = (Kind, String, String, Option<String>, Option<u64>);
+
+    fn check(text: &str) -> Result<Parsed, ProtocolError> {
+        let v = parse(text)?;
+        let m = validate(&v)?;
+        Ok((
+            m.kind,
+            m.user.to_string(),
+            m.text.to_string(),
+            m.reference.map(str::to_string),
+            m.sent_at,
+        ))
+    }
+
+    fn err(text: &str) -> ProtocolError {
+        check(text).expect_err(text)
+    }
+
+    #[test]
+    fn accepts_valid_messages() {
+        let (k, u, t, r, s) = check(
+            r#"{"type":"broadcast","user":"ann","text":"hi","ref":"r1","sent_at":1732358400000}"#,
+        )
+        .unwrap();
+        assert_eq!((k, u.as_str(), t.as_str()), (Kind::Broadcast, "ann", "hi"));
+        assert_eq!((r.as_deref(), s), (Some("r1"), Some(1_732_358_400_000)));
+
+        let (k, _, _, r, s) =
+            check(r#"{"type":"echo","user":"a","text":"b","extra":[1,2]}"#).unwrap();
+        assert_eq!((k, r, s), (Kind::Echo, None, None));
+
+        let (_, _, _, r, s) =
+            check(r#"{"type":"echo","user":"a","text":"b","ref":null,"sent_at":null}"#).unwrap();
+        assert_eq!((r, s), (None, None));
+        let (_, _, _, r, s) =
+            check(r#"{"type":"echo","user":"a","text":"b","ref":"","sent_at":9007199254740991}"#)
+                .unwrap();
+        assert_eq!((r.as_deref(), s), (Some(""), Some(MAX_SENT_AT)));
+        check(r#"{"type":"echo","user":"a","text":"b","sent_at":0}"#).unwrap();
+    }
+
+    #[test]
+    fn counts_characters_not_bytes() {
+        let user = "é".repeat(32);
+        let text = "日".repeat(4096);
+        let reference = "😀".repeat(64);
+        let msg = json!({"type":"echo","user":user,"text":text,"ref":reference}).to_string();
+        check(&msg).unwrap();
+        let msg = json!({"type":"echo","user":"é".repeat(33),"text":"x"}).to_string();
+        assert!(err(&msg).detail.starts_with("user: "));
+        let msg = json!({"type":"echo","user":"u","text":"x".repeat(4097)}).to_string();
+        assert!(err(&msg).detail.starts_with("text: "));
+        let msg = json!({"type":"echo","user":"u","text":"x","ref":"r".repeat(65)}).to_string();
+        assert!(err(&msg).detail.starts_with("ref: "));
+    }
+
+    #[test]
+    fn errors_follow_the_protocol_order() {
+        let e = err("not json");
+        assert_eq!(e.code, "invalid_json");
+        assert!(!e.detail.is_empty());
+        assert_eq!(err("{").code, "invalid_json");
+
+        for text in ["[1]", "\"s\"", "3", "null"] {
+            let e = err(text);
+            assert_eq!(
+                (e.code, e.detail.as_str()),
+                ("invalid_message", "message: must be a JSON object")
+            );
+        }
+        for text in [r#"{}"#, r#"{"type":5,"user":""}"#, r#"{"type":null}"#] {
+            let e = err(text);
+            assert_eq!(e.code, "invalid_message");
+            assert!(e.detail.starts_with("type: "), "{}", e.detail);
+        }
+        let e = err(r#"{"type":"shout","user":""}"#);
+        assert_eq!(e.code, "unknown_type");
+        assert!(e.detail.contains("shout"));
+
+        // user before text before ref before sent_at, whatever the key order in the JSON.
+        let e = err(r#"{"sent_at":-1,"ref":5,"text":"","user":"","type":"echo"}"#);
+        assert_eq!(e.detail, "user: must be a string of 1-32 characters");
+        let e = err(r#"{"type":"echo","user":"u","text":7,"ref":5,"sent_at":-1}"#);
+        assert_eq!(e.detail, "text: must be a string of 1-4096 characters");
+        let e = err(r#"{"type":"echo","user":"u","text":"t","ref":5,"sent_at":-1}"#);
+        assert!(e.detail.starts_with("ref: "));
+        let e = err(r#"{"type":"echo","user":"u","text":"t","sent_at":"1"}"#);
+        assert!(e.detail.starts_with("sent_at: "));
+        assert_eq!(e.code, "invalid_message");
+    }
+
+    #[test]
+    fn sent_at_must_be_an_integer_in_range() {
+        for bad in [
+            "1.5",
+            "1.0",
+            "1e3",
+            "-1",
+            "true",
+            "\"5\"",
+            "9007199254740992",
+            "[]",
+        ] {
+            let text = format!(r#"{{"type":"echo","user":"u","text":"t","sent_at":{bad}}}"#);
+            let e = err(&text);
+            assert!(e.detail.starts_with("sent_at: "), "{bad}: {}", e.detail);
+        }
+    }
+
+    #[test]
+    fn wrong_types_fail_their_field() {
+        assert!(err(r#"{"type":"echo","user":1,"text":"t"}"#)
+            .detail
+            .starts_with("user: "));
+        assert!(err(r#"{"type":"echo","text":"t"}"#)
+            .detail
+            .starts_with("user: "));
+        assert!(err(r#"{"type":"echo","user":"u"}"#)
+            .detail
+            .starts_with("text: "));
+        assert!(err(r#"{"type":"echo","user":"u","text":null}"#)
+            .detail
+            .starts_with("text: "));
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_crash() {
+        let deep = "[".repeat(100_000);
+        assert_eq!(err(&deep).code, "invalid_json");
+    }
+
+    #[test]
+    fn reply_serialises_every_field_once() {
+        let v = parse(
+            r#"{"type":"broadcast","user":"ann \"q\"","text":"hi\n","ref":"r1","sent_at":5}"#,
+        )
+        .unwrap();
+        let m = validate(&v).unwrap();
+        let payload = finish_reply(reply_head(&m, 17), 42, 1_732_358_400_003);
+        let back: Value = serde_json::from_str(&payload).unwrap();
+        assert_eq!(
+            back,
+            json!({"type":"broadcast","from":"17","user":"ann \"q\"","text":"hi\n","ref":"r1",
+                   "sent_at":5,"seq":42,"server_ts":1_732_358_400_003u64})
+        );
+        assert!(payload.starts_with(r#"{"type":"broadcast","from":"17","#));
+
+        let v = parse(r#"{"type":"echo","user":"a","text":"b"}"#).unwrap();
+        let payload = finish_reply(reply_head(&validate(&v).unwrap(), 3), 0, 9);
+        assert_eq!(
+            payload,
+            r#"{"type":"echo","from":"3","user":"a","text":"b","ref":null,"sent_at":null,"seq":0,"server_ts":9}"#
+        );
+    }
+
+    #[test]
+    fn welcome_and_error_payloads() {
+        assert_eq!(
+            welcome(17, "lobby", 3),
+            r#"{"type":"welcome","conn_id":"17","room":"lobby","server":"rust-ws","connections":3}"#
+        );
+        let e = ProtocolError::invalid("user: must be a string of 1-32 characters");
+        assert_eq!(
+            error_payload(&e),
+            r#"{"type":"error","code":"invalid_message","detail":"user: must be a string of 1-32 characters"}"#
+        );
+        let b: Value = serde_json::from_str(&error_payload(&binary_unsupported())).unwrap();
+        assert_eq!(b["code"], "binary_unsupported");
+    }
+
+    #[test]
+    fn room_names() {
+        for ok in ["lobby", "a", "A-z_0.9", &"r".repeat(64)] {
+            assert!(valid_room(ok), "{ok}");
+        }
+        for bad in ["", &"r".repeat(65), "a b", "é", "a/b", "a%20"] {
+            assert!(!valid_room(bad), "{bad}");
+        }
+    }
+}
