@@ -6,11 +6,19 @@
 //! setting for this, so once the session has seen a code-less close it arms this wrapper, and
 //! the wrapper rewrites the last frame tungstenite writes, the 2-byte empty close frame
 //! `88 00`, into `88 02 03 E8` (close, 1000). After a close frame tungstenite writes nothing else.
+//!
+//! It also counts `ws_messages_sent_total` where that is exact: a data message counts once the
+//! socket has accepted the last byte of its frame (`SentFrames`). Counting in the session instead
+//! (when tungstenite takes the message, or when a flush returns) misses or invents messages
+//! whenever a flush is cut short: a write interrupted by an eviction or the keepalive deadline
+//! leaves frames in tungstenite's buffer, and those go out (or not, or in part) with a later
+//! read, ping or close frame, on paths that don't know which messages they carried.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
+use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 const EMPTY_CLOSE: [u8; 2] = [0x88, 0x00];
@@ -22,15 +30,18 @@ pub struct CloseFix<S> {
     /// Bytes of the rewritten frame not yet accepted by `inner`.
     pending: [u8; 4],
     pending_len: u8,
+    sent: SentFrames,
 }
 
 impl<S> CloseFix<S> {
-    pub fn new(inner: S) -> Self {
+    /// `sent` counts every data message whose frame `inner` has taken whole.
+    pub fn new(inner: S, sent: IntCounter) -> Self {
         CloseFix {
             inner,
             armed: false,
             pending: [0; 4],
             pending_len: 0,
+            sent: SentFrames::new(sent),
         }
     }
 
@@ -71,6 +82,35 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for CloseFix<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        let written = this.poll_write_rewriting(cx, buf);
+        if let Poll::Ready(Ok(n)) = written {
+            // The bytes tungstenite sees taken, in its own stream: the rewritten close frame is
+            // no data frame either way, and nothing follows it.
+            this.sent.taken(&buf[..n.min(buf.len())]);
+        }
+        written
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_pending(cx))?;
+        Pin::new(&mut this.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_pending(cx))?;
+        Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> CloseFix<S> {
+    fn poll_write_rewriting(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self;
         ready!(this.poll_pending(cx))?;
         if this.armed && buf.ends_with(&EMPTY_CLOSE) {
             let before = buf.len() - EMPTY_CLOSE.len();
@@ -89,17 +129,77 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for CloseFix<S> {
         }
         Pin::new(&mut this.inner).poll_write(cx, buf)
     }
+}
 
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        ready!(this.poll_pending(cx))?;
-        Pin::new(&mut this.inner).poll_flush(cx)
+/// Follows the server's outgoing frames through their headers and counts each frame that ends a
+/// data message (FIN with opcode text, binary or continuation) once its last byte is taken.
+struct SentFrames {
+    counter: IntCounter,
+    /// The header of the current frame, while incomplete.
+    head: [u8; 14],
+    head_len: u8,
+    /// Payload bytes of the current frame still to come.
+    payload_left: u64,
+    /// Whether the current frame ends a data message.
+    ends_message: bool,
+}
+
+impl SentFrames {
+    fn new(counter: IntCounter) -> Self {
+        SentFrames {
+            counter,
+            head: [0; 14],
+            head_len: 0,
+            payload_left: 0,
+            ends_message: false,
+        }
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        ready!(this.poll_pending(cx))?;
-        Pin::new(&mut this.inner).poll_shutdown(cx)
+    /// The header's full length, once its first two bytes are known.
+    fn head_size(&self) -> usize {
+        let ext = match self.head[1] & 0x7F {
+            126 => 2,
+            127 => 8,
+            _ => 0,
+        };
+        let mask = if self.head[1] & 0x80 != 0 { 4 } else { 0 };
+        2 + ext + mask
+    }
+
+    fn taken(&mut self, mut bytes: &[u8]) {
+        let mut done = 0;
+        while !bytes.is_empty() {
+            if self.payload_left > 0 {
+                let n = self.payload_left.min(bytes.len() as u64);
+                self.payload_left -= n;
+                bytes = &bytes[n as usize..];
+                if self.payload_left == 0 && self.ends_message {
+                    done += 1;
+                }
+                continue;
+            }
+            self.head[self.head_len as usize] = bytes[0];
+            self.head_len += 1;
+            bytes = &bytes[1..];
+            let len = self.head_len as usize;
+            if len < 2 || len < self.head_size() {
+                continue;
+            }
+            self.head_len = 0;
+            let opcode = self.head[0] & 0x0F;
+            self.ends_message = self.head[0] & 0x80 != 0 && opcode <= 2;
+            self.payload_left = match self.head[1] & 0x7F {
+                126 => u16::from_be_bytes([self.head[2], self.head[3]]).into(),
+                127 => u64::from_be_bytes(self.head[2..10].try_into().expect("8 bytes")),
+                n => n.into(),
+            };
+            if self.payload_left == 0 && self.ends_message {
+                done += 1;
+            }
+        }
+        if done > 0 {
+            self.counter.inc_by(done);
+        }
     }
 }
 
@@ -110,14 +210,14 @@ mod tests {
 
     #[tokio::test]
     async fn passes_bytes_through_until_armed() {
-        let mut w = CloseFix::new(Vec::new());
+        let mut w = CloseFix::new(Vec::new(), IntCounter::new("sent", "sent").unwrap());
         w.write_all(&[1, 2, 0x88, 0x00]).await.unwrap();
         assert_eq!(w.inner, [1, 2, 0x88, 0x00]);
     }
 
     #[tokio::test]
     async fn rewrites_the_empty_close_once_armed_keeping_earlier_bytes() {
-        let mut w = CloseFix::new(Vec::new());
+        let mut w = CloseFix::new(Vec::new(), IntCounter::new("sent", "sent").unwrap());
         w.answer_empty_close_with_1000();
         w.write_all(&[0x81, 0x01, b'x', 0x88, 0x00]).await.unwrap();
         w.flush().await.unwrap();
@@ -127,9 +227,63 @@ mod tests {
         assert_eq!(&w.inner[7..], EMPTY_CLOSE);
     }
 
+    fn counter() -> IntCounter {
+        IntCounter::new("sent", "sent").unwrap()
+    }
+
+    #[test]
+    fn counts_data_frames_once_their_last_byte_is_taken() {
+        let c = counter();
+        let mut f = SentFrames::new(c.clone());
+        let big = vec![b'x'; 70_000];
+        let mut stream = vec![0x81, 0x03, b'a', b'b', b'c']; // text, 3 bytes
+        stream.extend([0x89, 0x00]); // ping
+        stream.extend([0x8A, 0x02, 1, 2]); // pong
+        stream.extend([0x81, 0x7E, 0x01, 0x00]); // text, 256 bytes
+        stream.extend(&big[..256]);
+        stream.extend([0x82, 0x7F, 0, 0, 0, 0, 0, 1, 0x11, 0x70]); // binary, 70 000 bytes
+        stream.extend(&big);
+        stream.extend([0x81, 0x00]); // empty text
+        stream.extend([0x01, 0x01, b'p', 0x80, 0x01, b'q']); // fragmented: one message
+        stream.extend([0x81, 0x02, b'h']); // a text frame one byte short
+                                           // Byte by byte: the count moves exactly at the end of each data message.
+        let mut ends = Vec::new();
+        for (i, b) in stream.iter().enumerate() {
+            let before = c.get();
+            f.taken(std::slice::from_ref(b));
+            if c.get() != before {
+                ends.push(i + 1);
+            }
+        }
+        let mut expected = vec![5, 11 + 4 + 256];
+        expected.push(expected[1] + 10 + 70_000);
+        expected.push(expected[2] + 2);
+        expected.push(expected[3] + 6);
+        assert_eq!(ends, expected);
+        assert_eq!(c.get(), 5);
+        // All at once, the same.
+        let c2 = counter();
+        SentFrames::new(c2.clone()).taken(&stream);
+        assert_eq!(c2.get(), 5);
+        // The last frame completes when its last byte is taken.
+        f.taken(b"i");
+        assert_eq!(c.get(), 6);
+    }
+
+    #[tokio::test]
+    async fn counts_what_the_inner_writer_took() {
+        let c = counter();
+        let mut w = CloseFix::new(Vec::new(), c.clone());
+        w.answer_empty_close_with_1000();
+        w.write_all(&[0x81, 0x01, b'x', 0x81, 0x01, b'y', 0x88, 0x00])
+            .await
+            .unwrap();
+        assert_eq!(c.get(), 2);
+    }
+
     #[tokio::test]
     async fn leaves_a_close_with_a_code_alone() {
-        let mut w = CloseFix::new(Vec::new());
+        let mut w = CloseFix::new(Vec::new(), IntCounter::new("sent", "sent").unwrap());
         w.answer_empty_close_with_1000();
         w.write_all(&[0x88, 0x02, 0x0F, 0xA0]).await.unwrap();
         assert_eq!(w.inner, [0x88, 0x02, 0x0F, 0xA0]);

@@ -144,7 +144,8 @@ impl Session {
         let server = &self.server;
         let metrics = &server.metrics;
         let mut ws = WebSocketStream::from_raw_socket(
-            CloseFix::new(io),
+            // Counts ws_messages_sent_total as frames reach the socket (see close_fix).
+            CloseFix::new(io, metrics.sent.clone()),
             Role::Server,
             Some(ws_config(server.config.max_message_bytes)),
         )
@@ -156,8 +157,6 @@ impl Session {
 
         let id = server.hub.next_conn_id();
         let outbox = Arc::new(Outbox::new());
-        // Messages handed to tungstenite but not yet flushed when the session ended.
-        let mut unflushed = 0;
         let joined = server.hub.join(&self.room, id, &outbox);
         // The room keeps its own name; don't hold a second copy for the whole session.
         self.room = Box::default();
@@ -168,10 +167,8 @@ impl Session {
                     id,
                     room: &room,
                     outbox: &outbox,
-                    unflushed: 0,
                 };
                 let ending = conn.serve(&mut ws).await;
-                unflushed = conn.unflushed;
                 // Leave before the closing handshake, so no fan-out targets us meanwhile.
                 server.hub.leave(&room, id);
                 ending
@@ -188,10 +185,9 @@ impl Session {
         }
         // The rare closing paths are boxed so their buffers and timers don't enlarge every
         // connection's task.
-        if Box::pin(close(&mut ws, ending)).await {
-            // The close frame went out behind them, so they were written too.
-            metrics.sent.inc_by(unflushed);
-        }
+        // Messages still in tungstenite's buffer go out ahead of the close frame (and count as
+        // their bytes reach the socket), or never, if the connection is dropped first.
+        Box::pin(close(&mut ws, ending)).await;
         // The TCP connection ends here, then the gauge and the slot follow.
         drop(ws);
         drop(_open);
@@ -217,6 +213,9 @@ impl Drop for OpenGauge<'_> {
 
 /// The closing handshake each ending calls for; true if our close frame (and so everything
 /// queued before it) was written. Every wait is bounded.
+///
+/// `ws_messages_sent_total` doesn't depend on the result: `CloseFix` counts each message as the
+/// socket takes the last byte of its frame, on whichever path that happens.
 async fn close(ws: &mut Ws, ending: Ending) -> bool {
     match ending {
         Ending::ClientClosed => {
@@ -352,8 +351,6 @@ struct Conn<'a> {
     id: u64,
     room: &'a Arc<Room>,
     outbox: &'a Arc<Outbox>,
-    /// Messages handed to tungstenite but not yet flushed; counted as sent once flushed.
-    unflushed: u64,
 }
 
 impl Conn<'_> {
@@ -424,6 +421,10 @@ impl Conn<'_> {
     /// Writes `first` and whatever else is queued (up to a batch), then flushes. A kill or the
     /// keepalive deadline interrupts a write stuck behind a client that doesn't read; what was
     /// handed to tungstenite stays in its buffer and goes out with the next flush or close.
+    ///
+    /// Nothing is counted here: `ws_messages_sent_total` moves in `CloseFix` as each message's
+    /// frame reaches the socket, because an interrupted write's leftovers are flushed later by a
+    /// read, a ping or the close frame (or dropped with the connection), not by this function.
     async fn write(
         &mut self,
         ws: &mut Ws,
@@ -431,15 +432,14 @@ impl Conn<'_> {
         ping_timer: &mut Pin<&mut tokio::time::Sleep>,
     ) -> Result<WriteDone, Ending> {
         let outbox = self.outbox;
-        let unflushed = &mut self.unflushed;
         let write = async {
             ws.feed(Message::Text(first)).await?;
-            *unflushed += 1;
-            while *unflushed < WRITE_BATCH {
+            let mut fed = 1;
+            while fed < WRITE_BATCH {
                 match outbox.try_pop() {
                     Some(m) => {
                         ws.feed(Message::Text(m)).await?;
-                        *unflushed += 1;
+                        fed += 1;
                     }
                     None => break,
                 }
@@ -448,11 +448,7 @@ impl Conn<'_> {
         };
         tokio::select! {
             r = write => match r {
-                Ok(()) => {
-                    self.server.metrics.sent.inc_by(self.unflushed);
-                    self.unflushed = 0;
-                    Ok(WriteDone::Written)
-                }
+                Ok(()) => Ok(WriteDone::Written),
                 Err(e) => {
                     log_debug!("conn {}: write error: {e}", self.id);
                     Err(Ending::SendFailed)

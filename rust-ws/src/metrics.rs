@@ -126,9 +126,7 @@ impl Metrics {
         // process_* families (Linux only: they read /proc).
         #[cfg(target_os = "linux")]
         registry
-            .register(Box::new(
-                prometheus::process_collector::ProcessCollector::for_self(),
-            ))
+            .register(Box::new(process::ProcessMetrics::for_self()))
             .unwrap();
 
         Metrics {
@@ -164,6 +162,79 @@ impl Metrics {
             .encode(&self.registry.gather(), &mut out)
             .expect("encoding metrics");
         String::from_utf8(out).expect("metrics text is UTF-8")
+    }
+}
+
+/// The crate's process collector with `process_cpu_seconds_total` as a float counter.
+///
+/// prometheus 0.13's `ProcessCollector` exports CPU time as an `IntCounter` of whole seconds
+/// (tikv/rust-prometheus#451), so at light load the dashboard's CPU panel is a staircase. This
+/// keeps every other family it exports and replaces that one with utime+stime from
+/// /proc/self/stat divided by the clock tick rate, a float (10 ms resolution at 100 Hz).
+#[cfg(target_os = "linux")]
+mod process {
+    use prometheus::core::{Collector, Desc};
+    use prometheus::process_collector::ProcessCollector;
+    use prometheus::proto::{Counter, Metric, MetricFamily, MetricType};
+
+    pub const CPU_NAME: &str = "process_cpu_seconds_total";
+    pub const CPU_HELP: &str = "Total user and system CPU time spent in seconds.";
+
+    pub struct ProcessMetrics {
+        inner: ProcessCollector,
+        cpu_desc: Desc,
+    }
+
+    impl ProcessMetrics {
+        pub fn for_self() -> ProcessMetrics {
+            ProcessMetrics {
+                inner: ProcessCollector::for_self(),
+                cpu_desc: Desc::new(CPU_NAME.into(), CPU_HELP.into(), vec![], Default::default())
+                    .expect("valid descriptor"),
+            }
+        }
+    }
+
+    /// CPU seconds (user + system) this process has used, from /proc/self/stat.
+    pub fn cpu_seconds() -> Option<f64> {
+        let stat = procfs::process::Process::myself().ok()?.stat().ok()?;
+        let ticks = procfs::ticks_per_second();
+        (ticks > 0).then(|| (stat.utime + stat.stime) as f64 / ticks as f64)
+    }
+
+    impl Collector for ProcessMetrics {
+        fn desc(&self) -> Vec<&Desc> {
+            let mut descs: Vec<&Desc> = self
+                .inner
+                .desc()
+                .into_iter()
+                .filter(|d| d.fq_name != CPU_NAME)
+                .collect();
+            descs.push(&self.cpu_desc);
+            descs
+        }
+
+        fn collect(&self) -> Vec<MetricFamily> {
+            let mut families: Vec<MetricFamily> = self
+                .inner
+                .collect()
+                .into_iter()
+                .filter(|f| f.get_name() != CPU_NAME)
+                .collect();
+            if let Some(secs) = cpu_seconds() {
+                let mut counter = Counter::default();
+                counter.set_value(secs);
+                let mut metric = Metric::default();
+                metric.set_counter(counter);
+                let mut family = MetricFamily::default();
+                family.set_name(CPU_NAME.into());
+                family.set_help(CPU_HELP.into());
+                family.set_field_type(MetricType::COUNTER);
+                family.mut_metric().push(metric);
+                families.insert(0, family);
+            }
+            families
+        }
     }
 }
 
@@ -216,6 +287,82 @@ mod tests {
                 "missing {family}"
             );
         }
+    }
+
+    /// Every family in the exposition has exactly one HELP and one TYPE line.
+    #[test]
+    fn one_help_and_type_per_family() {
+        let text = Metrics::new().render();
+        let mut helps = std::collections::HashMap::<&str, usize>::new();
+        let mut types = std::collections::HashMap::<&str, usize>::new();
+        for line in text.lines() {
+            let mut words = line.split(' ');
+            match (words.next(), words.next(), words.next()) {
+                (Some("#"), Some("HELP"), Some(name)) => *helps.entry(name).or_default() += 1,
+                (Some("#"), Some("TYPE"), Some(name)) => *types.entry(name).or_default() += 1,
+                _ => {}
+            }
+        }
+        assert!(!helps.is_empty());
+        assert_eq!(
+            helps.keys().collect::<std::collections::BTreeSet<_>>(),
+            types.keys().collect::<std::collections::BTreeSet<_>>(),
+            "{text}"
+        );
+        for (name, n) in helps.iter().chain(types.iter()) {
+            assert_eq!(*n, 1, "{name} in\n{text}");
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    fn scrape_cpu_seconds(m: &Metrics) -> f64 {
+        let text = m.render();
+        let samples: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("process_cpu_seconds_total "))
+            .collect();
+        assert_eq!(samples.len(), 1, "{text}");
+        samples[0]["process_cpu_seconds_total ".len()..]
+            .parse()
+            .expect("a number")
+    }
+
+    /// Busy-loops on this thread until it has used `cpu` of CPU time (bounded by 5 s of wall).
+    #[cfg(target_os = "linux")]
+    fn burn_cpu(cpu: std::time::Duration) {
+        let start = process::cpu_seconds().unwrap();
+        let wall = std::time::Instant::now();
+        let mut x = 0u64;
+        while process::cpu_seconds().unwrap() - start < cpu.as_secs_f64()
+            && wall.elapsed() < std::time::Duration::from_secs(5)
+        {
+            for i in 0..10_000u64 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+            }
+        }
+        std::hint::black_box(x);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn process_cpu_seconds_is_a_fractional_counter() {
+        let m = Metrics::new();
+        let text = m.render();
+        for line in [
+            "# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.",
+            "# TYPE process_cpu_seconds_total counter",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+        let before = scrape_cpu_seconds(&m);
+        burn_cpu(std::time::Duration::from_millis(50));
+        let after = scrape_cpu_seconds(&m);
+        // Whole seconds would move by 0 or 1, never by a fraction.
+        let delta = after - before;
+        assert!(delta > 0.0 && delta < 1.0, "{before} -> {after}");
     }
 
     #[test]

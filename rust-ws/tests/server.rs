@@ -677,15 +677,29 @@ async fn binary_sigterm_closes_with_1001_and_exits_0_within_5s() {
     assert_eq!(recv_json(&mut ws).await["type"], "welcome");
 
     // The listen backlog really is 1024 (ss shows it as Send-Q of the listening socket).
-    if let Ok(out) = Command::new("ss")
+    let out = Command::new("ss")
         .args(["-ltnH", &format!("sport = :{port}")])
         .output()
-    {
-        let text = String::from_utf8_lossy(&out.stdout);
-        if let Some(send_q) = text.split_whitespace().nth(2) {
-            assert_eq!(send_q, "1024", "{text}");
-        }
-    }
+        .expect("ss from iproute2 is needed for the backlog check");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "ss from iproute2 is needed for the backlog check: {:?} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // One line per listening socket: State Recv-Q Send-Q Local Peer.
+    let listening: Vec<&str> = text
+        .lines()
+        .filter(|l| l.split_whitespace().next() == Some("LISTEN"))
+        .collect();
+    assert_eq!(
+        listening.len(),
+        1,
+        "no single listening socket on port {port} in ss output:\n{text}"
+    );
+    let send_q = listening[0].split_whitespace().nth(2);
+    assert_eq!(send_q, Some("1024"), "listen backlog (Send-Q) in:\n{text}");
 
     let started = Instant::now();
     let status = Command::new("kill")
