@@ -6,6 +6,11 @@ remote write to the prometheus container), then asks Prometheus's HTTP API wheth
 both servers and received k6's series. Everything is torn down with `down -v`, volumes included,
 whatever happened.
 
+Host ports are free ones, through compose.yaml's ${RUST_WS_PORT}, ${PYTHON_WS_PORT} and
+${PROMETHEUS_PORT}. Where the Docker engine's own open-files limit is below compose.yaml's `nofile`
+ulimits (this sandbox's dockerd has 20000), an override file caps them at that limit; nothing else
+differs from compose.yaml.
+
 Grafana and cAdvisor are not started: where no registry is reachable they can't be stood in (see
 tests/fixtures/images/README.md); the dashboard tests cover them with static and real-data checks.
 
@@ -23,6 +28,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import urllib.parse
 import urllib.request
@@ -273,6 +279,7 @@ def stack(request, tmp_path_factory):
         subprocess.run,
         ["bash", str(BUILD_STAND_INS)],
         cwd=ROOT,
+        env={**os.environ, "PYTHON": sys.executable},
         timeout=STAND_INS_TIMEOUT,
         check=True,
     )

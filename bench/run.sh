@@ -1,0 +1,220 @@
+#!/usr/bin/env bash
+# Issue 8's benchmark matrix: rust-ws and python-ws, one after the other, on loopback, measured
+# with ws-bench. Writes bench/results/<UTC date>.md (plus the raw JSON lines beside it).
+#
+#   bench/run.sh                      # the standard matrix (~5 min after the build)
+#   DURATION=5 HOLD_SECS=5 bench/run.sh   # shorter runs, same connection counts
+#
+# Each server runs alone, pinned to CPU 0; ws-bench is pinned to CPU 1 so the client cannot steal
+# the server's core (PIN=0 turns pinning off). Both get a raised file-descriptor limit.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+
+RUST_PORT=${RUST_PORT:-28100}        # below the ephemeral range, so no client TIME_WAIT blocks the bind
+PY_PORT=${PY_PORT:-28101}
+PYTHON=${PYTHON:-$ROOT/.venv/bin/python}
+HOLD_N=${HOLD_N:-10000}
+HOLD_SECS=${HOLD_SECS:-10}
+SETTLE_SECS=${SETTLE_SECS:-5}
+ECHO_C=${ECHO_C:-1000}
+BCAST_C=${BCAST_C:-1000}
+ROOMS=${ROOMS:-10}
+SESSION_WORKERS=${SESSION_WORKERS:-50}
+DURATION=${DURATION:-10}
+CONNECT_CONCURRENCY=${CONNECT_CONCURRENCY:-512}
+PIN=${PIN:-1}
+# Broadcasts per second per connection for the paced broadcast run: 0.05 × 1000 connections × 100
+# members = 5,000 deliveries/s offered, a load both servers can carry, so latency is comparable.
+PACED_RATE=${PACED_RATE:-0.05}
+# An extra hold run of rust-ws with these allocator settings (empty: skip). mimalloc reads them
+# from the environment at start-up; the report shows them beside the default.
+RUST_ALLOC_VARIANT=${RUST_ALLOC_VARIANT:-MIMALLOC_PURGE_DELAY=0 MIMALLOC_ALLOW_THP=0}
+SERVERS=${SERVERS:-"rust-ws python-ws"}
+STAMP=$(date -u +%Y-%m-%d)
+OUT=${OUT:-$ROOT/bench/results/$STAMP.md}
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+BENCH=$TARGET_DIR/release/ws-bench
+WORK=$(mktemp -d)
+SERVER_PID=""
+
+log() { printf '[%s] %s\n' "$(date -u +%T)" "$*" >&2; }
+
+cleanup() {
+  if [[ -n "$SERVER_PID" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
+    kill -TERM "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+  fi
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# ---- pinning ---------------------------------------------------------------------------------
+CORES=$(nproc)
+SERVER_PIN=()
+CLIENT_PIN=()
+if [[ "$PIN" == 1 && "$CORES" -ge 2 ]] && command -v taskset >/dev/null; then
+  SERVER_PIN=(taskset -c 0)
+  CLIENT_PIN=(taskset -c 1)
+  PIN_NOTE="server pinned to CPU 0 and ws-bench to CPU 1 with taskset (each gets one core; rust-ws's runtime sizes itself to the one core it sees)"
+else
+  PIN_NOTE="no pinning: client and server share all $CORES cores"
+fi
+
+# ---- build -----------------------------------------------------------------------------------
+log "building release binaries (rust-ws, ws-bench)"
+cargo build --release -p rust-ws -p ws-bench >&2
+
+# ---- fd limits -------------------------------------------------------------------------------
+ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+log "fd limit $(ulimit -n)"
+if (( $(ulimit -n) < HOLD_N + 1000 )); then
+  echo "run.sh: the fd limit $(ulimit -n) is too low for $HOLD_N connections; raise it (ulimit -n)" >&2
+  exit 1
+fi
+
+"$PYTHON" -c 'import python_ws, tornado' 2>/dev/null || {
+  echo "run.sh: $PYTHON cannot import python_ws and tornado; install python-ws into .venv first" >&2
+  exit 1
+}
+
+port_of() { [[ "$1" == rust-ws ]] && echo "$RUST_PORT" || echo "$PY_PORT"; }
+
+start_server() {
+  local name=$1 port; shift
+  local extra=("$@")
+  port=$(port_of "$name")
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "run.sh: something already listens on 127.0.0.1:$port; set RUST_PORT / PY_PORT" >&2
+    exit 1
+  fi
+  local env=(WS_HOST=127.0.0.1 WS_PORT="$port" LOG_LEVEL=warning "${extra[@]}")
+  if [[ "$name" == rust-ws ]]; then
+    env "${env[@]}" "${SERVER_PIN[@]}" "$TARGET_DIR/release/rust-ws" >"$WORK/$name.log" 2>&1 &
+  else
+    env "${env[@]}" "${SERVER_PIN[@]}" "$PYTHON" -m python_ws >"$WORK/$name.log" 2>&1 &
+  fi
+  SERVER_PID=$!
+  for _ in $(seq 1 150); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      # Let start-up allocations settle before the idle baseline.
+      sleep 3
+      return 0
+    fi
+    kill -0 "$SERVER_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  echo "run.sh: $name did not start on port $port:" >&2
+  cat "$WORK/$name.log" >&2
+  exit 1
+}
+
+stop_server() {
+  kill -TERM "$SERVER_PID" 2>/dev/null || true
+  for _ in $(seq 1 100); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$SERVER_PID" 2>/dev/null || true
+  wait "$SERVER_PID" 2>/dev/null || true
+  SERVER_PID=""
+}
+
+bench() {
+  local name=$1 label=$2; shift 2
+  local port
+  port=$(port_of "$name")
+  log "$name: $label"
+  "${CLIENT_PIN[@]}" "$BENCH" --url "ws://127.0.0.1:$port/ws" --pid "$SERVER_PID" \
+    --metrics-url "http://127.0.0.1:$port/metrics" --connect-concurrency "$CONNECT_CONCURRENCY" \
+    --label "$label" --json "$@" | tee -a "$WORK/$name.jsonl" | summary
+  # Let the server's TIME_WAITs and allocator settle between runs.
+  sleep 2
+}
+
+summary() {
+  command -v jq >/dev/null || { cat >&2; return; }
+  jq -r '"    \(.server) \(.label): req/s=\(.req_per_s) conn/s=\(.conn_per_s) p99=\(.latency.p99_us)us client_cpu=\(.client_cpu_pct|floor)% notes=\(.notes|join("; "))"' >&2
+}
+
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+for name in $SERVERS; do
+  start_server "$name"
+  log "$name started, pid $SERVER_PID"
+  bench "$name" "hold-$HOLD_N" hold -n "$HOLD_N" --hold-secs "$HOLD_SECS" --settle-secs "$SETTLE_SECS"
+  bench "$name" "echo-inf" echo -c "$ECHO_C" -d "$DURATION"
+  bench "$name" "echo-5-per-conn" echo -c "$ECHO_C" -d "$DURATION" --requests-per-conn 5
+  bench "$name" "broadcast-$ROOMS-rooms" broadcast -c "$BCAST_C" --rooms "$ROOMS" -d "$DURATION"
+  bench "$name" "broadcast-paced" broadcast -c "$BCAST_C" --rooms "$ROOMS" -d "$DURATION" --rate "$PACED_RATE"
+  bench "$name" "sessions" sessions -c "$SESSION_WORKERS" -d "$DURATION"
+  stop_server
+  cp "$WORK/$name.jsonl" "${OUT%.md}-$name.jsonl"
+  sleep 3
+done
+
+VARIANT_FILE=""
+if [[ -n "$RUST_ALLOC_VARIANT" && " $SERVERS " == *" rust-ws "* ]]; then
+  read -r -a variant_env <<<"$RUST_ALLOC_VARIANT"
+  start_server rust-ws "${variant_env[@]}"
+  log "rust-ws with $RUST_ALLOC_VARIANT started, pid $SERVER_PID"
+  : >"$WORK/variant.jsonl"
+  port=$RUST_PORT
+  "${CLIENT_PIN[@]}" "$BENCH" --url "ws://127.0.0.1:$port/ws" --pid "$SERVER_PID" \
+    --metrics-url "http://127.0.0.1:$port/metrics" --connect-concurrency "$CONNECT_CONCURRENCY" \
+    --label "hold-$HOLD_N, $RUST_ALLOC_VARIANT" --json \
+    hold -n "$HOLD_N" --hold-secs "$HOLD_SECS" --settle-secs "$SETTLE_SECS" | tee -a "$WORK/variant.jsonl" | summary
+  stop_server
+  VARIANT_FILE="$WORK/variant.jsonl"
+  cp "$VARIANT_FILE" "${OUT%.md}-rust-ws-alloc-variant.jsonl"
+fi
+
+# ---- the report ------------------------------------------------------------------------------
+set -- $SERVERS
+A=$1 B=${2:-$1}
+# The version of DEP that package PKG depends on, per Cargo.lock ("x.y.z", or the only one there is).
+dep_version() {
+  local v
+  v=$(awk -v n="$1" '/^\[\[package\]\]/ { p = 0 } $0 == "name = \"" n "\"" { p = 1 } p' Cargo.lock \
+    | grep -o "\"$2 [0-9.]*\"" | grep -o '[0-9][0-9.]*' || true)
+  echo "${v:-$(crate_version "$2")}"
+}
+crate_version() { awk -v n="$1" '$0 == "name = \"" n "\"" { getline; gsub(/version = |"/, ""); print }' Cargo.lock | paste -sd/; }
+{
+  echo "# wslab benchmark: $A vs $B ($STAMP)"
+  echo
+  echo "Produced by \`bench/run.sh\` ($(date -u +%FT%TZ)). Each server ran alone on 127.0.0.1, one after the other;"
+  echo "every figure below comes from one ws-bench run against it. Server RSS and CPU were read from"
+  echo "\`/proc/PID\`; CPU columns are percent of one core over the measured window."
+  echo
+  echo "## Machine and versions"
+  echo
+  echo "| what | value |"
+  echo "|---|---|"
+  echo "| cores | $CORES ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')) |"
+  echo "| memory | $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo) |"
+  echo "| kernel | $(uname -r) |"
+  echo "| placement | $PIN_NOTE |"
+  echo "| other load | the machine is shared; anything else running competes for both cores (load average at the start: $LOAD_START; at the end: $(cut -d' ' -f1-3 /proc/loadavg)) |"
+  echo "| rustc | $(rustc -V) |"
+  echo "| rust crates | rocket $(crate_version rocket), rocket_ws $(crate_version rocket_ws), tokio $(crate_version tokio); tokio-tungstenite: rust-ws $(dep_version rust-ws tokio-tungstenite), ws-bench $(dep_version ws-bench tokio-tungstenite) |"
+  echo "| python | $("$PYTHON" -V 2>&1), tornado $("$PYTHON" -c 'import tornado; print(tornado.version)') |"
+  echo "| matrix | hold $HOLD_N (storm, $CONNECT_CONCURRENCY handshakes in flight, held ${HOLD_SECS} s, idle read ${SETTLE_SECS} s after); echo $ECHO_C connections ∞ and 5 requests per connection, ${DURATION} s; broadcast $BCAST_C connections in $ROOMS rooms, closed loop, ${DURATION} s; sessions with $SESSION_WORKERS workers, ${DURATION} s |"
+  echo
+  echo "How to read the rows: \`client cpu\` is ws-bench's own CPU (⚠ = saturated, so the row is a floor"
+  echo "for the server); \`notes\` says what the row can't. Latency is request round trip (echo),"
+  echo "send-to-receipt fan-out (broadcast), whole session (sessions) or handshake (hold)."
+  echo
+  "$BENCH" compare "$WORK/$A.jsonl" "$WORK/$B.jsonl"
+  echo
+  if [[ -n "$VARIANT_FILE" ]]; then
+    echo "## rust-ws memory with other allocator settings"
+    echo
+    echo "The same hold run against the same rust-ws binary, started with \`$RUST_ALLOC_VARIANT\` in its"
+    echo "environment (mimalloc reads these at start-up), beside the default run above:"
+    echo
+    cat "$WORK/rust-ws.jsonl" | grep -m1 '"mode":"hold"' >"$WORK/holds.jsonl" || true
+    cat "$VARIANT_FILE" >>"$WORK/holds.jsonl"
+    "$BENCH" show "$WORK/holds.jsonl"
+    echo
+  fi
+  echo "Raw results: \`$(basename "${OUT%.md}")-$A.jsonl\`, \`$(basename "${OUT%.md}")-$B.jsonl\`."
+} >"$OUT"
+log "wrote $OUT"

@@ -1,0 +1,264 @@
+//! CI smoke: the real ws-bench binary against the real rust-ws binary, a handful of connections,
+//! a few seconds. Budgets are not judged here (that's `bench/run.sh`); this checks every mode
+//! runs, speaks the protocol, and reports what it saw.
+//!
+//! Needs `target/debug/rust-ws`: a workspace `cargo test` builds it; otherwise this test builds it
+//! with `cargo build -p rust-ws`, and says so if it can't.
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BENCH: &str = env!("CARGO_BIN_EXE_ws-bench");
+
+fn rust_ws_binary() -> PathBuf {
+    // rust-ws lands next to ws-bench in the same target dir, whatever CARGO_TARGET_DIR says.
+    let beside = Path::new(BENCH)
+        .parent()
+        .expect("binary has a directory")
+        .join("rust-ws");
+    if beside.exists() {
+        return beside;
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let built = Command::new(cargo)
+        .args(["build", "-p", "rust-ws"])
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .status();
+    assert!(
+        built.is_ok_and(|s| s.success()) && beside.exists(),
+        "rust-ws binary not found at {} and `cargo build -p rust-ws` did not produce it: \
+         run `cargo build -p rust-ws` in the workspace root first",
+        beside.display()
+    );
+    beside
+}
+
+/// A rust-ws process on loopback, killed on drop.
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_rust_ws() -> Server {
+    let bin = rust_ws_binary();
+    // Ports below the ephemeral range (32768+), so no client's TIME_WAIT can be squatting on
+    // them; a few tries in case another test run holds one.
+    let base = 20_000 + (std::process::id() % 5_000) as u16 * 2;
+    for port in (base..).step_by(7).take(8) {
+        let mut child = Command::new(&bin)
+            .env("WS_HOST", "127.0.0.1")
+            .env("WS_PORT", port.to_string())
+            .env("LOG_LEVEL", "warning")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                break; // exited: most likely the port was taken
+            }
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return Server { child, port };
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    panic!("rust-ws did not start listening on any of 8 ports from {base}");
+}
+
+fn bench(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BENCH)
+        .args(args)
+        .output()
+        .expect("run ws-bench");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn bench_json(server: &Server, args: &[&str]) -> Value {
+    let url = format!("ws://127.0.0.1:{}/ws", server.port);
+    let pid = server.child.id().to_string();
+    let metrics = format!("http://127.0.0.1:{}/metrics", server.port);
+    let mut all = vec![
+        "--url",
+        &url,
+        "--pid",
+        &pid,
+        "--metrics-url",
+        &metrics,
+        "--json",
+        "--connect-timeout",
+        "5",
+    ];
+    all.extend_from_slice(args);
+    let (code, out, err) = bench(&all);
+    assert_eq!(code, 0, "ws-bench {args:?} failed: {err}");
+    let v: Value =
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"));
+    assert_eq!(v["server"], "rust-ws", "{v}");
+    assert_eq!(v["connect_failures"], serde_json::json!({}), "{v}");
+    assert_eq!(v["errors"], serde_json::json!({}), "{v}");
+    assert!(v["server_max_rss"].as_u64().unwrap_or(0) > 0, "{v}");
+    assert!(v["server_cpu_user_pct"].is_number(), "{v}");
+    assert!(v["client_cpu_pct"].is_number(), "{v}");
+    v
+}
+
+#[test]
+fn every_mode_against_real_rust_ws() {
+    let s = start_rust_ws();
+
+    let hold = bench_json(
+        &s,
+        &[
+            "hold",
+            "-n",
+            "20",
+            "--hold-secs",
+            "0.5",
+            "--settle-secs",
+            "0.5",
+        ],
+    );
+    assert_eq!(hold["hold"]["open"], 20, "{hold}");
+    assert_eq!(hold["hold"]["server_connections_at_n"], 20.0, "{hold}");
+    assert_eq!(hold["hold"]["server_connections_after"], 0.0, "{hold}");
+    assert!(hold["hold"]["rss_idle_after"].as_u64().unwrap() > 0);
+
+    let echo = bench_json(&s, &["--label", "echo-inf", "echo", "-c", "5", "-d", "1"]);
+    assert!(echo["req_per_s"].as_f64().unwrap() > 10.0, "{echo}");
+    assert!(echo["latency"]["p99_us"].as_u64().unwrap() > 0, "{echo}");
+    assert!(echo["conn_per_s"].is_null(), "{echo}");
+
+    let echo5 = bench_json(
+        &s,
+        &["echo", "-c", "5", "-d", "1", "--requests-per-conn", "5"],
+    );
+    assert!(echo5["conn_per_s"].as_f64().unwrap() > 1.0, "{echo5}");
+
+    let b = bench_json(
+        &s,
+        &[
+            "broadcast",
+            "-c",
+            "6",
+            "--rooms",
+            "2",
+            "-d",
+            "1",
+            "--drain-secs",
+            "0.5",
+        ],
+    );
+    let bs = &b["broadcast"];
+    assert!(bs["sent"].as_u64().unwrap() > 0, "{b}");
+    // 3 members per room: every send is owed 3 deliveries, and all arrive.
+    assert_eq!(bs["expected"], bs["sent"].as_u64().unwrap() * 3, "{b}");
+    assert_eq!(bs["delivered_total"], bs["expected"], "{b}");
+
+    let paced = bench_json(
+        &s,
+        &[
+            "broadcast",
+            "-c",
+            "4",
+            "--rooms",
+            "1",
+            "--rate",
+            "5",
+            "-d",
+            "1",
+            "--drain-secs",
+            "0.5",
+        ],
+    );
+    assert!(paced["broadcast"]["sent"].as_u64().unwrap() >= 4, "{paced}");
+
+    let sess = bench_json(
+        &s,
+        &["--label", "sessions", "sessions", "-c", "3", "-d", "1"],
+    );
+    assert!(sess["conn_per_s"].as_f64().unwrap() > 1.0, "{sess}");
+
+    // The markdown form: a header and one row with as many cells.
+    let url = format!("ws://127.0.0.1:{}/ws", s.port);
+    let (code, out, err) = bench(&["--url", &url, "echo", "-c", "2", "-d", "0.5"]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(lines[0].starts_with("| server | run | conns | req/s | conn/s | avg | min | max | p95 | p99 | max rss | cpu user | cpu system"));
+    assert_eq!(
+        lines[0].matches(" | ").count(),
+        lines[2].matches(" | ").count(),
+        "{out}"
+    );
+    assert!(
+        lines[2].contains("server RSS and CPU not measured"),
+        "{out}"
+    );
+
+    // compare: the same runs on both sides pair up and give 1.00× ratios.
+    let dir = std::env::temp_dir().join(format!("ws-bench-smoke-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("runs.jsonl");
+    std::fs::write(&file, format!("{hold}\n{echo}\n{b}\n{sess}\n")).unwrap();
+    let f = file.to_str().unwrap();
+    let (code, md, err) = bench(&["compare", f, f]);
+    assert_eq!(code, 0, "{err}");
+    assert!(md.contains("req/s **1.00×**"), "{md}");
+    assert!(md.contains("## Budgets"), "{md}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn nothing_listening_is_reported_not_a_panic() {
+    // A port below the ephemeral range that nothing listens on (bound and released at once).
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    drop(l);
+    let url = format!("ws://127.0.0.1:{port}/ws");
+    let (code, out, err) = bench(&["--url", &url, "--json", "echo", "-c", "3", "-d", "0.3"]);
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["connect_failures"]["refused"], 3, "{v}");
+    assert!(
+        v["notes"].to_string().contains("3 of 3 handshakes failed"),
+        "{v}"
+    );
+}
+
+#[test]
+fn only_loopback_is_a_target() {
+    let (code, _, err) = bench(&[
+        "--url",
+        "ws://192.0.2.2:8000/ws",
+        "echo",
+        "-c",
+        "1",
+        "-d",
+        "0.1",
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("only sends load to loopback"), "{err}");
+    let (code, _, err) = bench(&["--metrics-url", "http://10.0.0.1/metrics", "echo"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("loopback"), "{err}");
+}
