@@ -7,9 +7,9 @@ both servers and received k6's series. Everything is torn down with `down -v`, v
 whatever happened.
 
 Host ports are free ones, through compose.yaml's ${RUST_WS_PORT}, ${PYTHON_WS_PORT} and
-${PROMETHEUS_PORT}. Where the Docker engine's own open-files limit is below compose.yaml's `nofile`
-ulimits (this sandbox's dockerd has 20000), an override file caps them at that limit; nothing else
-differs from compose.yaml.
+${PROMETHEUS_PORT}. Where the Docker engine's open-files limit is below compose.yaml's default
+`nofile` of 65536 (this sandbox's dockerd has 20000), WSLAB_NOFILE lowers it, as the README tells
+users to. Everything else is compose.yaml as users run it.
 
 Grafana and cAdvisor are not started: where no registry is reachable they can't be stood in (see
 tests/fixtures/images/README.md); the dashboard tests cover them with static and real-data checks.
@@ -108,13 +108,13 @@ def _host_ports(env: dict[str, str]) -> dict[str, int]:
     return ports
 
 
-def _nofile_override(path: Path) -> str | None:
-    """Cap compose's `nofile` ulimits at what this Docker engine can grant, if it must.
+def _engine_nofile_limit() -> int | None:
+    """The open-files hard limit this Docker engine gives containers, or None if unlimited.
 
-    A container can't raise RLIMIT_NOFILE above the engine's own hard limit: where dockerd runs
-    with, say, 20000, a service asking for 65536 fails to start ("error setting rlimit type 7").
-    Then an override file lowers just that value for the services that ask for more; everything
-    else is the real compose.yaml. Returns a note for the log, or None when no override is needed.
+    A container can't raise RLIMIT_NOFILE above the engine's own limit: where dockerd runs with,
+    say, 20000, a service asking for compose.yaml's default of 65536 fails to start ("error
+    setting rlimit type 7"). compose.yaml takes the value from WSLAB_NOFILE for such engines
+    (README, Troubleshooting), and the test sets it the same way a user would.
     """
     probe = subprocess.run(
         ["docker", "run", "--rm", "--entrypoint", "sh", "debian:bookworm-slim", "-c", "ulimit -Hn"],
@@ -123,24 +123,8 @@ def _nofile_override(path: Path) -> str | None:
         timeout=120,
         check=False,
     )
-    if probe.returncode != 0 or not probe.stdout.strip().isdigit():
-        return None  # unlimited, or unknown: leave compose.yaml alone
-    limit = int(probe.stdout.strip())
-    services = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]
-    override: dict[str, dict] = {}
-    for name, service in services.items():
-        nofile = (service.get("ulimits") or {}).get("nofile")
-        hard = nofile.get("hard") if isinstance(nofile, dict) else nofile
-        try:
-            too_high = int(hard) > limit
-        except (TypeError, ValueError):
-            continue
-        if too_high:
-            override[name] = {"ulimits": {"nofile": {"soft": limit, "hard": limit}}}
-    if not override:
-        return None
-    path.write_text(yaml.safe_dump({"services": override}))
-    return f"nofile capped at the engine's hard limit {limit} for {', '.join(override)}"
+    out = probe.stdout.strip()
+    return int(out) if probe.returncode == 0 and out.isdigit() else None
 
 
 class Stack:
@@ -284,11 +268,10 @@ def stack(request, tmp_path_factory):
         check=True,
     )
     st.ports = _host_ports(st.env)
-    override = tmp_path_factory.mktemp("compose") / "compose.nofile.yaml"
-    note = _nofile_override(override)
-    if note:
-        st.files.append(override)
-        say(f"compose smoke: {note} (override file {override})")
+    limit = _engine_nofile_limit()
+    if limit is not None and limit < 65536:
+        st.env["WSLAB_NOFILE"] = str(limit)
+        say(f"compose smoke: this engine allows nofile {limit}: WSLAB_NOFILE={limit}")
     say(f"compose smoke: project {st.project}, {' '.join(st.compose)}, ports {st.ports}")
     try:
         st.timed(
