@@ -1,4 +1,4 @@
-"""Start rust-ws or python-ws as a real process on a free loopback port, for the test suites.
+"""Start rust-ws, python-ws or Prometheus as real processes on free loopback ports, for the tests.
 
 Every suite under tests/ (conformance, k6, dashboard) starts servers through `running_server`, so
 they all run the same binaries the same way:
@@ -8,13 +8,18 @@ they all run the same binaries the same way:
 
 Servers bind 127.0.0.1 only. Each one's stderr goes to a temporary log file that is printed when
 it fails to start.
+
+`running_prometheus(config)` starts Debian's Prometheus (`$PROMETHEUS_BIN`, else `prometheus` on
+PATH) with a given config, a temporary TSDB and the remote-write receiver on, as compose runs it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -22,8 +27,9 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -169,3 +175,99 @@ def run_config_check(kind: str, env: dict[str, str], timeout: float = 15.0):
     return subprocess.run(
         server_command(kind), env=full_env, capture_output=True, text=True, timeout=timeout
     )
+
+
+@dataclass
+class Prometheus:
+    port: int
+    proc: subprocess.Popen
+    workdir: Path
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def api(self, path: str, params: dict[str, str] | None = None, timeout: float = 10.0) -> dict:
+        """GET /api/v1/<path>, or POST a form when there are params (as Grafana's datasource
+        does with httpMethod POST); return the decoded JSON even on a 4xx answer."""
+        data = urllib.parse.urlencode(params).encode() if params else None
+        req = urllib.request.Request(self.url + "/api/v1/" + path, data=data)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return json.load(resp)
+        except urllib.error.HTTPError as err:
+            return json.load(err)
+
+    def query(self, expr: str) -> list[dict]:
+        body = self.api("query", {"query": expr})
+        assert body["status"] == "success", body
+        return body["data"]["result"]
+
+    def query_range(self, expr: str, start: float, end: float, step: str = "2s") -> dict:
+        return self.api(
+            "query_range",
+            {"query": expr, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": step},
+        )
+
+
+@contextlib.contextmanager
+def running_prometheus(
+    config: str,
+    port: int | None = None,
+    prepare: Callable[[Path], None] | None = None,
+) -> Iterator[Prometheus]:
+    """A real Prometheus on 127.0.0.1:port (a free one by default) with `config` as its
+    prometheus.yml, a temporary TSDB and the remote-write receiver on; `prepare(workdir)` may add
+    files next to the config first (e.g. the rules it names). Stopped and removed afterwards."""
+    binary = os.environ.get("PROMETHEUS_BIN") or shutil.which("prometheus")
+    if not binary:
+        raise RuntimeError(
+            "prometheus not found: apt-get install prometheus, or set PROMETHEUS_BIN"
+        )
+    port = port or free_port()
+    workdir = Path(tempfile.mkdtemp(prefix="wslab-prom-"))
+    if prepare:
+        prepare(workdir)
+    config_path = workdir / "prometheus.yml"
+    config_path.write_text(config)
+    log_path = workdir / "prometheus.log"
+    # The child keeps its own descriptor for the log; ours can close at once.
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={config_path}",
+                f"--storage.tsdb.path={workdir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--web.enable-remote-write-receiver",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=workdir,
+        )
+    prom = Prometheus(port, proc, workdir, log_path)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"prometheus exited with {proc.returncode}:\n{prom.log()}")
+            with contextlib.suppress(OSError):
+                if http_get(prom.url + "/-/ready", timeout=1.0)[0] == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError("prometheus not ready within 30s:\n" + prom.log())
+            time.sleep(0.2)
+        yield prom
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -11,20 +11,15 @@ The servers are started once for the module (tests/harness.py); each k6 run take
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
-import shutil
-import subprocess
-import tempfile
 import time
 import urllib.parse
 import uuid
 from datetime import datetime
-from pathlib import Path
 
 import pytest
-from harness import free_port, http_get, running_server
+from harness import free_port, http_get, running_prometheus, running_server
 from k6run import run_k6, server_env
 
 SCENARIOS = ("sessions", "chat", "echo", "hold")
@@ -182,49 +177,6 @@ def test_dead_server_fails_fast_saying_what_to_start(script, kind, var, smoke_en
     assert result.metric("ws_sessions") is None or result.metric("ws_sessions")["count"] == 0
 
 
-@contextlib.contextmanager
-def running_prometheus():
-    """Debian's Prometheus on a free port, temporary TSDB, remote-write receiver on."""
-    binary = shutil.which("prometheus") or "/usr/bin/prometheus"
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="wslab-prom-") as tmp:
-        config = Path(tmp) / "prometheus.yml"
-        config.write_text("global:\n  scrape_interval: 15s\n")
-        log_path = Path(tmp) / "prometheus.log"
-        with log_path.open("w") as log:
-            proc = subprocess.Popen(
-                [
-                    binary,
-                    f"--config.file={config}",
-                    f"--storage.tsdb.path={Path(tmp) / 'data'}",
-                    f"--web.listen-address=127.0.0.1:{port}",
-                    "--web.enable-remote-write-receiver",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                assert proc.poll() is None, log_path.read_text()
-                try:
-                    if http_get(url + "/-/ready", timeout=1)[0] == 200:
-                        break
-                except OSError:
-                    pass
-                assert time.monotonic() < deadline, "prometheus not ready in 30 s"
-                time.sleep(0.2)
-            yield url
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
 def prom_query(url: str, query: str) -> list[dict]:
     status, _, body = http_get(url + "/api/v1/query?" + urllib.parse.urlencode({"query": query}))
     assert status == 200, body
@@ -233,7 +185,8 @@ def prom_query(url: str, query: str) -> list[dict]:
 
 def test_remote_write_reaches_prometheus_tagged_by_server(smoke_env):
     testid = uuid.uuid4().hex[:12]
-    with running_prometheus() as prom:
+    with running_prometheus("global:\n  scrape_interval: 15s\n") as p:
+        prom = p.url
         env = {
             **smoke_env,
             "SCENARIO": "echo",
