@@ -28,9 +28,10 @@ PIN=${PIN:-1}
 # Broadcasts per second per connection for the paced broadcast run: 0.05 × 1000 connections × 100
 # members = 5,000 deliveries/s offered, a load both servers can carry, so latency is comparable.
 PACED_RATE=${PACED_RATE:-0.05}
-# An extra hold run of rust-ws with these allocator settings (empty: skip). mimalloc reads them
-# from the environment at start-up; the report shows them beside the default.
-RUST_ALLOC_VARIANT=${RUST_ALLOC_VARIANT:-MIMALLOC_PURGE_DELAY=0 MIMALLOC_ALLOW_THP=0}
+# An extra hold run of rust-ws with these allocator settings (set it empty to skip). The default
+# is mimalloc's stock behaviour, which rust-ws overrides (it purges freed pages at once and is
+# built without transparent huge pages), so the report shows what that override buys.
+RUST_ALLOC_VARIANT=${RUST_ALLOC_VARIANT-MIMALLOC_PURGE_DELAY=10 MIMALLOC_ALLOW_THP=1}
 SERVERS=${SERVERS:-"rust-ws python-ws"}
 STAMP=$(date -u +%Y-%m-%d)
 OUT=${OUT:-$ROOT/bench/results/$STAMP.md}
@@ -208,7 +209,8 @@ crate_version() { awk -v n="$1" '$0 == "name = \"" n "\"" { getline; gsub(/versi
     echo "## rust-ws memory with other allocator settings"
     echo
     echo "The same hold run against the same rust-ws binary, started with \`$RUST_ALLOC_VARIANT\` in its"
-    echo "environment (mimalloc reads these at start-up), beside the default run above:"
+    echo "environment, beside the default run above. rust-ws purges freed pages at once and is built"
+    echo "without transparent huge pages; the default variant puts back mimalloc's stock settings:"
     echo
     cat "$WORK/rust-ws.jsonl" | grep -m1 '"mode":"hold"' >"$WORK/holds.jsonl" || true
     cat "$VARIANT_FILE" >>"$WORK/holds.jsonl"
@@ -216,5 +218,6 @@ crate_version() { awk -v n="$1" '$0 == "name = \"" n "\"" { getline; gsub(/versi
     echo
   fi
   echo "Raw results: \`$(basename "${OUT%.md}")-$A.jsonl\`, \`$(basename "${OUT%.md}")-$B.jsonl\`."
+  echo "How to read these figures, and where rust-ws's memory goes: [bench/README.md](../README.md)."
 } >"$OUT"
 log "wrote $OUT"
