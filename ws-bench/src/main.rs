@@ -13,6 +13,7 @@
 //! cargo run --release -p ws-bench -- broadcast -c 1000 --rooms 10 -d 10        # --rate 0 = closed loop
 //! cargo run --release -p ws-bench -- sessions -c 50 -d 10
 //! cargo run --release -p ws-bench -- compare rust.jsonl python.jsonl          # side by side + budgets
+//! cargo run --release -p ws-bench -- show rust.jsonl                          # JSON lines as tables
 //! ```
 //!
 //! Each run prints one markdown table row (with its header unless `--no-header`), or one JSON
