@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import shlex
 import shutil
 import signal
@@ -38,7 +39,30 @@ KINDS = ("rust", "python")
 SERVER_NAMES = {"rust": "rust-ws", "python": "python-ws"}
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def free_port() -> int:
+    """A free loopback TCP port, below the kernel's ephemeral range where there is room.
+
+    Ports from the ephemeral range (32768-60999 by default) are what client sockets take as their
+    local port; one of the tests' own client connections could take the port, or hold it in
+    TIME_WAIT, between this check and the server's bind ("Address already in use").
+    """
+    low = _ephemeral_low()
+    if low > 11000:
+        for _ in range(200):
+            port = random.randrange(10000, low)
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
