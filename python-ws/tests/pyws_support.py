@@ -1,6 +1,6 @@
-"""Helpers for python-ws's tests: the server as a real process on a free loopback port, and a
-bare-socket WebSocket client. (Not named conftest, so it can't clash with tests/conftest.py when
-both suites run in one pytest session.)"""
+"""Helpers for python-ws's tests: the server as a real process on a free loopback port (through
+the repository's shared tests/harness.py), and a bare-socket WebSocket client. (Not named
+conftest, so it can't clash with tests/conftest.py when both suites run in one pytest session.)"""
 
 from __future__ import annotations
 
@@ -8,34 +8,21 @@ import base64
 import contextlib
 import os
 import re
-import signal
 import socket
 import struct
 import subprocess
 import sys
-import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-START_TIMEOUT = 20.0
+# The repository's shared harness starts every server the suites use (tests/harness.py).
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
+import harness
+from harness import free_port, http_get
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def http_get(url: str, timeout: float = 5.0) -> tuple[int, dict[str, str], str]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return resp.status, dict(resp.headers), resp.read().decode()
-    except urllib.error.HTTPError as err:
-        return err.code, dict(err.headers), err.read().decode()
+__all__ = ["RawClient", "Server", "free_port", "http_get", "parse_samples", "run_server"]
 
 
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (\S+)$")
@@ -89,35 +76,9 @@ class Server:
 
 @contextlib.contextmanager
 def run_server(env: dict[str, str] | None = None) -> Iterator[Server]:
-    port = free_port()
-    full_env = dict(os.environ, WS_HOST="127.0.0.1", WS_PORT=str(port), LOG_LEVEL="info")
-    full_env.update(env or {})
-    with tempfile.NamedTemporaryFile(prefix="python-ws-", suffix=".log", delete=False) as log:
-        log_path = Path(log.name)
-    with log_path.open("wb") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "python_ws"], env=full_env, stdout=log_file, stderr=log_file
-        )
-    server = Server(port, proc, log_path)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            assert proc.poll() is None, f"python-ws exited early:\n{server.log()}"
-            assert time.monotonic() < deadline, f"python-ws not healthy:\n{server.log()}"
-            with contextlib.suppress(OSError):
-                if http_get(server.url + "/healthz", timeout=1.0)[0] == 200:
-                    break
-            time.sleep(0.05)
-        yield server
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        log_path.unlink(missing_ok=True)
+    """python-ws as a real process on a free loopback port (tests/harness.py starts it)."""
+    with harness.running_server("python", env) as s:
+        yield Server(s.port, s.proc, s.log_path)
 
 
 class RawClient:
