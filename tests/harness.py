@@ -31,7 +31,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -98,7 +98,6 @@ class Server:
     port: int
     proc: subprocess.Popen
     log_path: Path
-    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -119,20 +118,6 @@ class Server:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
-        """Send sig and wait; returns the exit status (kills after timeout and fails)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                raise AssertionError(
-                    f"{self.name} did not exit within {timeout}s of {sig}"
-                ) from None
-        return self.proc.returncode
 
 
 def wait_healthy(server: Server, timeout: float = 30.0) -> None:
@@ -171,7 +156,7 @@ def running_server(kind: str, env: dict[str, str] | None = None) -> Iterator[Ser
         stderr=subprocess.STDOUT,
         cwd=REPO,
     )
-    server = Server(kind, port, proc, Path(log.name), env or {})
+    server = Server(kind, port, proc, Path(log.name))
     try:
         wait_healthy(server)
         yield server

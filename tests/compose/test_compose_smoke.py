@@ -237,7 +237,7 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(request, tmp_path_factory):
+def stack(request):
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
     capture = request.config.pluginmanager.get_plugin("capturemanager")
 
