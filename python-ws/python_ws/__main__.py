@@ -2,6 +2,9 @@
 
 Configuration comes from the environment (PROTOCOL.md §1); an invalid value prints one line to
 stderr and exits with status 2. SIGTERM or SIGINT closes every client with 1001 and exits 0.
+Logging is the stdlib's, configured here.
+
+Twin: rust-ws/src/main.rs
 """
 
 from __future__ import annotations
@@ -18,8 +21,8 @@ import tornado.httpserver
 import tornado.netutil
 
 from . import SERVER_NAME, __version__
+from .app import make_app
 from .config import LOG_LEVELS, Config, ConfigError, from_env
-from .server import make_app
 
 log = logging.getLogger("python_ws")
 

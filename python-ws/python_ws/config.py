@@ -2,6 +2,8 @@
 
 An empty variable counts as unset. Any invalid value raises `ConfigError` whose message is the one
 stderr line the process prints before exiting with status 2.
+
+Twin: rust-ws/src/config.rs
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
 """`python -m python_ws.healthcheck`: exit 0 if GET http://127.0.0.1:$WS_PORT/healthz is 200.
 
 For compose's healthcheck; the image has no curl.
+
+Twin: rust-ws/src/healthcheck.rs
 """
 
 from __future__ import annotations

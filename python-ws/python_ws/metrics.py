@@ -3,6 +3,8 @@
 The registry holds the process collector and the ws_* families only: no python_* or gc_*
 families, and, with `disable_created_metrics()`, no `_created` series. Each `Metrics` owns its
 registry, so tests that build several apps don't share counters.
+
+Twin: rust-ws/src/metrics.rs
 """
 
 from __future__ import annotations

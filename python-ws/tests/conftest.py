@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 
 import pytest
@@ -13,10 +12,3 @@ from pyws_support import Server, run_server
 def server() -> Iterator[Server]:
     with run_server() as s:
         yield s
-
-
-@pytest.fixture
-def server_with():
-    """Start servers with extra environment: `server_with({"WS_SEND_QUEUE": "4"})`."""
-    with contextlib.ExitStack() as stack:
-        yield lambda env: stack.enter_context(run_server(env))

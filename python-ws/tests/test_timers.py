@@ -18,9 +18,9 @@ import time
 from tornado.testing import AsyncHTTPTestCase, gen_test
 from tornado.websocket import websocket_connect
 
-from python_ws import messages
+from python_ws import protocol
+from python_ws.app import make_app
 from python_ws.config import Config
-from python_ws.server import make_app
 
 MEMBERS = 1000
 BROADCAST = json.dumps({"type": "broadcast", "user": "ann", "text": "x" * 200})
@@ -70,7 +70,7 @@ class TimerHonestyTest(AsyncHTTPTestCase):
             b_sum0, b_count0 = hist_sum_count(metrics.broadcast)
             h_sum0, h_count0 = hist_sum_count(metrics.handling)
             start = time.perf_counter()
-            hub.on_message(sender, BROADCAST)  # synchronous: handling, fan-out and the writes
+            sender.on_message(BROADCAST)  # synchronous: handling, fan-out and the writes
             wall = time.perf_counter() - start
             b_sum, b_count = hist_sum_count(metrics.broadcast)
             h_sum, h_count = hist_sum_count(metrics.handling)
@@ -103,13 +103,13 @@ class TimerHonestyTest(AsyncHTTPTestCase):
         references = []
         for _ in range(20):
             start = time.perf_counter()
-            messages.reply(messages.parse(big), "1", 0, messages.now_ms())
+            protocol.reply(protocol.parse(big), "1", 0, protocol.now_ms())
             references.append(time.perf_counter() - start)
         recorded = []
         for _ in range(20):
             h_sum0, h_count0 = hist_sum_count(metrics.handling)
             start = time.perf_counter()
-            hub.on_message(sender, big)
+            sender.on_message(big)
             wall = time.perf_counter() - start
             h_sum, h_count = hist_sum_count(metrics.handling)
             assert h_count - h_count0 == 1
@@ -141,8 +141,8 @@ class FanOutSurvivesDeadSocketTest(AsyncHTTPTestCase):
         # Kill two members' sockets under the hub, before it has seen them go: their writes now
         # raise, as a peer reset would make them do.
         for dead in members[1:3]:
-            dead.handler.protocol.stream.close()
-        hub.on_message(sender, json.dumps({"type": "broadcast", "user": "a", "text": "t"}))
+            dead.protocol.stream.close()
+        sender.on_message(json.dumps({"type": "broadcast", "user": "a", "text": "t"}))
         alive = [c for c, m in zip(clients, members, strict=True) if m not in members[1:3]]
         for ws in alive:
             msg = json.loads(await ws.read_message())
@@ -177,10 +177,10 @@ class SendFailedTest(AsyncHTTPTestCase):
         raw.close()
         sender, victim = hub.rooms["r"].members
         # Wait, without yielding to the loop, until the reset has reached the server's socket.
-        ready, _, _ = select.select([victim.handler.protocol.stream.socket], [], [], 2.0)
+        ready, _, _ = select.select([victim.protocol.stream.socket], [], [], 2.0)
         assert ready
         # No await since the reset: the queued writes run before the loop polls for it.
-        hub.on_message(sender, json.dumps({"type": "broadcast", "user": "a", "text": "t"}))
+        sender.on_message(json.dumps({"type": "broadcast", "user": "a", "text": "t"}))
         msg = json.loads(await sender_ws.read_message())
         assert (msg["type"], msg["seq"]) == ("broadcast", 1)
         for _ in range(200):

@@ -1,7 +1,10 @@
 """Protocol v1 messages: parse, validate and serialise (PROTOCOL.md §3), with no I/O.
 
-`handle_text` is everything the handling histogram times: JSON parse, the checks in the order the
-protocol lists them, and serialisation of the reply (or error) into the bytes that are sent.
+`parse` and `reply` (or `error`) are everything the handling histogram times in
+`Connection.on_message`: JSON parse, the checks in the order the protocol lists them, and
+serialisation of the reply (or error) into the bytes that are sent.
+
+Twin: rust-ws/src/protocol.rs
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ import json
 import orjson
 import pytest
 
-from python_ws import messages
-from python_ws.messages import ProtocolError, parse
+from python_ws import protocol
+from python_ws.protocol import ProtocolError, parse
 
 OK = {"type": "echo", "user": "ann", "text": "hi"}
 
@@ -143,7 +143,7 @@ def test_fields_checked_in_order() -> None:
 
 def test_reply_shape_and_order() -> None:
     req = parse(with_(type="broadcast", ref="r", sent_at=7))
-    payload = messages.reply(req, "17", 42, 1000)
+    payload = protocol.reply(req, "17", 42, 1000)
     assert isinstance(payload, bytes)
     assert list(orjson.loads(payload).items()) == [
         ("type", "broadcast"),
@@ -159,18 +159,18 @@ def test_reply_shape_and_order() -> None:
 
 def test_reply_nulls_when_absent_and_unicode_round_trips() -> None:
     req = parse(with_(user="é😀", text='a"\\\n'))
-    body = orjson.loads(messages.reply(req, "1", 0, 5))
+    body = orjson.loads(protocol.reply(req, "1", 0, 5))
     assert body["ref"] is None and body["sent_at"] is None
     assert body["user"] == "é😀" and body["text"] == 'a"\\\n'
 
 
 def test_error_and_welcome_shapes() -> None:
-    assert orjson.loads(messages.error("invalid_json", "x")) == {
+    assert orjson.loads(protocol.error("invalid_json", "x")) == {
         "type": "error",
         "code": "invalid_json",
         "detail": "x",
     }
-    assert orjson.loads(messages.welcome("3", "lobby", "python-ws", 2)) == {
+    assert orjson.loads(protocol.welcome("3", "lobby", "python-ws", 2)) == {
         "type": "welcome",
         "conn_id": "3",
         "room": "lobby",
@@ -182,4 +182,4 @@ def test_error_and_welcome_shapes() -> None:
 def test_now_ms_is_epoch_milliseconds() -> None:
     import time
 
-    assert abs(messages.now_ms() - time.time() * 1000) < 1000
+    assert abs(protocol.now_ms() - time.time() * 1000) < 1000

@@ -1,0 +1,81 @@
+"""The HTTP routes: GET /ws with its checks before the upgrade, /metrics, /healthz, and 404.
+
+Tornado makes the WebSocket route's handler class the session too, so `WsRoute` is the session
+(`connection.Connection`) plus what belongs to the route: the room and capacity checks that answer
+400 or 503 before the upgrade, the Origin policy, and 404 for other methods. The route table is in
+`app.make_app`.
+
+Twin: rust-ws/src/routes.rs
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import tornado.web
+
+from .connection import Connection
+from .metrics import CONTENT_TYPE, Metrics
+
+ROOM_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}", re.ASCII)
+DEFAULT_ROOM = "lobby"
+
+
+def _not_found(self: tornado.web.RequestHandler, *args: Any, **kwargs: Any) -> None:
+    raise tornado.web.HTTPError(404)
+
+
+class WsRoute(Connection):
+    """GET /ws: refuse bad rooms (400) and a full server (503) before the upgrade."""
+
+    async def get(self, *args: Any, **kwargs: Any) -> None:
+        room = self.get_query_argument("room", DEFAULT_ROOM, strip=False)
+        if not ROOM_RE.fullmatch(room):
+            self.set_status(400)
+            self.finish("invalid room: must be 1-64 characters of A-Z a-z 0-9 _ . -\n")
+            return
+        if self.hub.is_full() or self.hub.shutting_down:
+            self.set_status(503)
+            self.finish("too many connections\n")
+            return
+        self.room_name = room
+        # From here to open() nothing yields to the event loop, so the capacity check holds.
+        await super().get(*args, **kwargs)
+
+    def check_origin(self, origin: str) -> bool:
+        # Load generators and the conformance suite are not browsers, and no cookie is involved;
+        # rust-ws does not check Origin either.
+        return True
+
+    head = post = put = patch = delete = options = _not_found
+
+
+class GetOnlyHandler(tornado.web.RequestHandler):
+    """Rocket answers 404 when no route matches the method, so other methods get 404 here too."""
+
+    post = put = patch = delete = options = _not_found
+
+
+class MetricsHandler(GetOnlyHandler):
+    def initialize(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def get(self) -> None:
+        self.set_header("Content-Type", CONTENT_TYPE)
+        self.finish(self.metrics.exposition())
+
+    head = get  # Rocket answers HEAD on every GET route; Tornado drops the body
+
+
+class HealthHandler(GetOnlyHandler):
+    def get(self) -> None:
+        self.set_header("Content-Type", "text/plain; charset=utf-8")
+        self.finish("ok")
+
+    head = get
+
+
+class NotFoundHandler(tornado.web.RequestHandler):
+    def prepare(self) -> None:
+        raise tornado.web.HTTPError(404)
