@@ -1,7 +1,7 @@
 //! Workaround: tungstenite echoes a code-less close frame as it is; PROTOCOL.md §3 wants 1000.
 //!
-//! Twin: python-ws's Tornado `WebSocketProtocol13` subclass, which answers a code-less close
-//! with 1000 for the same reason (Tornado echoes an empty close frame too).
+//! Twin: python-ws/python_ws/tornado_close_codes.py, the Tornado `WebSocketProtocol13` subclass,
+//! which answers a code-less close with 1000 for the same reason (Tornado echoes it too).
 //!
 //! PROTOCOL.md §3: the server answers a client's close frame with the same code, and with 1000
 //! when the client's frame had no code. tungstenite echoes the client's frame as it is, so a

@@ -1,7 +1,8 @@
 //! `ws_messages_sent_total`: an I/O layer that counts each data message as its frame's last byte
 //! reaches the socket.
 //!
-//! Twin: python-ws/python_ws/hub.py counts a message when Tornado's write future for it resolves.
+//! Twin: python-ws/python_ws/connection.py counts a message when Tornado's write future for it
+//! resolves.
 //!
 //! PROTOCOL.md §4 counts messages written to a client's socket. Counting in the session instead
 //! (when tungstenite takes the message, or when a flush returns) misses or invents messages
