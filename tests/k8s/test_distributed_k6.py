@@ -81,7 +81,7 @@ def operator_flags(index: int, total: int) -> list[str]:
     ]
 
 
-def testrun_spec() -> dict:
+def the_testrun_spec() -> dict:
     (testrun,) = objects(RUN, "TestRun").values()
     return testrun["spec"]
 
@@ -101,6 +101,11 @@ def runner_env(spec: dict, prom_url: str, rust, python) -> dict[str, str]:
             # and echo (closed loop: thousands of round trips for the percentiles).
             "SCENARIO": "sessions,echo",
             "SMOKE": "1",
+            # Six echo connections on six VUs, so each of three runners gets two: a runner whose
+            # segment holds no VU of a scenario does none of it, and fails that scenario's
+            # thresholds (k6 evaluates them per process).
+            "ECHO_CONNECTIONS": "6",
+            "ECHO_SOCKETS_PER_VU": "1",
             # Several samples per series within a short run (k6's default is 5 s).
             "K6_PROMETHEUS_RW_PUSH_INTERVAL": "1s",
         }
@@ -222,7 +227,7 @@ def bucket_factor(prom, metric: str, testid: str, at: float) -> float:
 
 @pytest.fixture(scope="module")
 def stack():
-    spec = testrun_spec()
+    spec = the_testrun_spec()
     with running_server("rust") as rust, running_server("python") as python:
         prom_port = free_port()
         targets = {
@@ -399,15 +404,21 @@ def test_panels_as_grafana_runs_them_show_both_servers(stack, runs, mode):
 
 
 def test_one_process_and_three_runners_offer_the_same_load(runs):
-    """Execution segments split the work without adding or losing any: the same sessions start
-    with one process as with three runners."""
+    """Execution segments split the work without adding or losing any. The echo fleet (fixed VUs
+    and sockets) is exactly the same. The sessions scenario (ramping arrival rate) schedules the
+    same iterations, but each k6 process may or may not start one due at the very instant its
+    scenario ends (one process alone gives 24 or 25 of the 25 due in this shape, seen here), so
+    the counts agree to within one iteration per process."""
     three = counter_sums(runs[RUNNERS]["results"], "ws_sessions", ("server", "scenario"))
     one = counter_sums(runs[1]["results"], "ws_sessions", ("server", "scenario"))
     print(f"sessions: {RUNNERS} runners {three}, 1 process {one}")
-    assert three == one
+    assert set(three) == set(one) == {(s, c) for s in SERVERS for c in ("sessions", "echo")}
+    for server in SERVERS:
+        assert three[(server, "echo")] == one[(server, "echo")] == 6
+        assert abs(three[(server, "sessions")] - one[(server, "sessions")]) <= RUNNERS
 
 
 def test_runner_env_comes_from_the_testrun():
-    env = {e["name"]: e["value"] for e in testrun_spec()["runner"]["env"]}
+    env = {e["name"]: e["value"] for e in the_testrun_spec()["runner"]["env"]}
     assert env["K6_PROMETHEUS_RW_TREND_AS_NATIVE_HISTOGRAM"] == "true"
-    assert os.path.basename(testrun_spec()["script"]["localFile"]) == SCRIPT
+    assert os.path.basename(the_testrun_spec()["script"]["localFile"]) == SCRIPT
