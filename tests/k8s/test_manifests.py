@@ -222,6 +222,19 @@ def test_testrun_env_points_at_the_lab(testrun):
     assert env["K6_PROMETHEUS_RW_TREND_AS_NATIVE_HISTOGRAM"] == "true"
 
 
+def test_non_root_pods_name_their_user_by_number(testrun):
+    """A kubelet refuses to start a runAsNonRoot container whose image names its user by name
+    (prom/prometheus: USER nobody), so every such pod sets runAsUser."""
+    contexts = [
+        d["spec"]["template"]["spec"]["securityContext"]
+        for d in objects(LAB, "Deployment").values()
+    ]
+    contexts.append(testrun["spec"]["runner"]["securityContext"])
+    for sc in contexts:
+        assert sc["runAsNonRoot"] is True
+        assert isinstance(sc["runAsUser"], int) and sc["runAsUser"] > 0, sc
+
+
 def test_testrun_runner_resources(testrun):
     resources = testrun["spec"]["runner"]["resources"]
     assert {"cpu", "memory"} <= set(resources["requests"])
