@@ -342,6 +342,7 @@ def test_count_panels_equal_the_runners_sums(stack, runs, mode, title, metric, b
     if len(by) == 2 and not want:
         # No error at all: the panel shows an explicit 0 per server ("none").
         want = {(s, "none"): 0.0 for s in SERVERS}
+    print(f"{mode} process(es), {metric}: dashboard {got}, runners {want}")
     assert got == want, f"{q.test_id}: dashboard {got} != runners {want}"
     if metric == "ws_sessions":
         assert set(want) == {(s,) for s in SERVERS} and all(v > 0 for v in want.values())
