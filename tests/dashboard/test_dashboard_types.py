@@ -19,6 +19,13 @@ string such as "palette-classic" is not assignable to one even when it is the en
 `Unenum<T>` (types/unenum.ts) maps every string enum to the union of its values, once,
 generically, and changes nothing else.
 
+Where the types are stricter than Grafana, the check is kept and the dashboard follows the types:
+- a query variable's `definition` (a display copy of the query that Grafana's editor writes) is
+  not in `VariableModel`; the dashboard has none, the query is in `query`;
+- the heatmap plugin's `Options.showValue` is required, where Grafana fills in "auto" when it is
+  missing; the heatmaps state "auto".
+Both change nothing Grafana does, and keeping the check strict is what catches real mistakes.
+
 Set-up: `npm ci` in tests/dashboard/types when node_modules is missing or older than
 package-lock.json (scripts/test runs the same before the suite).
 """
