@@ -30,7 +30,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -228,10 +228,12 @@ def running_prometheus(
     config: str,
     port: int | None = None,
     prepare: Callable[[Path], None] | None = None,
+    flags: Sequence[str] = (),
 ) -> Iterator[Prometheus]:
     """A real Prometheus on 127.0.0.1:port (a free one by default) with `config` as its
     prometheus.yml, a temporary TSDB and the remote-write receiver on; `prepare(workdir)` may add
-    files next to the config first (e.g. the rules it names). Stopped and removed afterwards."""
+    files next to the config first (e.g. the rules it names); `flags` are extra command-line
+    flags (e.g. --enable-feature=native-histograms). Stopped and removed afterwards."""
     binary = os.environ.get("PROMETHEUS_BIN") or shutil.which("prometheus")
     if not binary:
         raise RuntimeError(
@@ -253,6 +255,7 @@ def running_prometheus(
                 f"--storage.tsdb.path={workdir / 'data'}",
                 f"--web.listen-address=127.0.0.1:{port}",
                 "--web.enable-remote-write-receiver",
+                *flags,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

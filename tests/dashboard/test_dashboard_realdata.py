@@ -8,7 +8,8 @@ The setup (module fixture `proof`, about a minute):
    generated, never hand-kept: see the docstring of tests/dashboard/dashlib.py.
 3. Once Prometheus scrapes both servers, k6 (the pinned .venv/bin/k6) runs k6/scripts/both.js in
    smoke mode (SMOKE=1, the default `sessions` scenario, rust then python) with
-   `-o experimental-prometheus-rw`, the compose service's trend stats and a unique
+   `-o experimental-prometheus-rw`, the compose service's remote-write settings (trends as native
+   histograms; Prometheus gets --enable-feature=native-histograms) and a unique
    `--tag testid=...`. The push interval is 1 s instead of k6's 5 s so a few-second smoke window
    leaves several samples per series.
 4. After two more scrapes, each panel query is run as Grafana would: through /api/v1/query_range
@@ -32,6 +33,7 @@ import pytest
 from dashlib import (
     CADVISOR_LABEL,
     COMPOSE,
+    CONTAINER_LABEL,
     PROM_CONFIG,
     REPO,
     SERVER_JOBS,
@@ -162,9 +164,11 @@ def test_panel_query(proof, q):
     assert body["status"] == "success", f"{q.test_id} does not run: {body.get('error')}\n{expr}"
     result = body["data"]["result"]
     if is_cadvisor(q.expr):
-        # No cAdvisor here: the query must parse (above) and select containers by service.
+        # No cAdvisor here: the query must parse (above) and select containers by compose service
+        # and by kubelet container name (test_dashboard_static proves it on both label sets).
         assert f'{CADVISOR_LABEL}=~"rust-ws|python-ws"' in expr
-        assert f"by ({CADVISOR_LABEL})" in expr, "one line per compose service"
+        assert f'{CONTAINER_LABEL}=~"rust-ws|python-ws"' in expr
+        assert f"by ({CONTAINER_LABEL})" in expr, "one line per server container"
         assert result == [], "nothing listens on the cadvisor target"
         return
     assert result, f"{q.test_id} returned no data:\n{expr}"
@@ -195,8 +199,8 @@ LOADED = [
     "Broadcast fan-out p50 / p95 / p99",
     "Process resident memory (process_resident_memory_bytes)",
     "WebSocket sessions started per second",
-    "Connecting time p95 (ws_connecting)",
-    "Round trip p95 (wslab_rtt)",
+    "Connecting time p95 / p99 (ws_connecting, all runners)",
+    "Round trip p95 / p99 (wslab_rtt, all runners)",
     "k6 messages sent and received per second",
     "Checks passed",
 ]

@@ -19,6 +19,7 @@ import yaml
 from dashlib import (
     CADVISOR_LABEL,
     COMPOSE,
+    CONTAINER_LABEL,
     DASH_PROVIDERS,
     DASHBOARD,
     DATASOURCES,
@@ -226,6 +227,10 @@ def test_prometheus_service(compose):
     assert "--config.file=/etc/prometheus/prometheus.yml" in cmd
     assert "--storage.tsdb.path=/prometheus" in cmd
     assert "--web.enable-remote-write-receiver" in cmd
+    # k6's trends arrive as native histograms. Prometheus stores them without a flag from 3.9 on
+    # (the flag is a no-op there); an older image needs --enable-feature=native-histograms.
+    version = tuple(int(x) for x in re.search(r":v(\d+)\.(\d+)", prom["image"]).groups())
+    assert version >= (3, 9) or "--enable-feature=native-histograms" in cmd, prom["image"]
     assert "./prometheus:/etc/prometheus:ro" in prom["volumes"]
     named = [v.split(":")[0] for v in prom["volumes"] if v.endswith(":/prometheus")]
     assert named and named[0] in compose["volumes"], "a named data volume at /prometheus"
@@ -280,7 +285,10 @@ def test_k6_service(compose):
     assert env["RUST_WS_URL"] == "ws://rust-ws:8000/ws"
     assert env["PYTHON_WS_URL"] == "ws://python-ws:8001/ws"
     assert env["K6_PROMETHEUS_RW_SERVER_URL"] == "http://prometheus:9090/api/v1/write"
-    assert env["K6_PROMETHEUS_RW_TREND_STATS"] == "p(50),p(95),p(99),avg,max,count"
+    # Trends as native histograms, as the Kubernetes TestRun's runners send them: the dashboard's
+    # percentiles are histogram_quantile over histograms summed across runners.
+    assert env["K6_PROMETHEUS_RW_TREND_AS_NATIVE_HISTOGRAM"] == "true"
+    assert "K6_PROMETHEUS_RW_TREND_STATS" not in env, "ignored when trends are native histograms"
     # Resolved by compose itself: the default of ${WSLAB_NOFILE:-65536}, as integers.
     for name in ("k6", "rust-ws", "python-ws"):
         nofile = compose_config()["services"][name]["ulimits"]["nofile"]
@@ -439,7 +447,10 @@ def test_ref_ids_unique_per_panel(dashboard):
 
 def test_testid_variable(dashboard):
     (var,) = [v for v in dashboard["templating"]["list"] if v["name"] == "testid"]
-    assert var["type"] == "query" and "testid" in var["definition"]
+    # No `definition` (the display copy of the query Grafana's editor writes): @grafana/schema's
+    # VariableModel has no such field (test_dashboard_types.py); the query itself is `query`.
+    assert var["type"] == "query" and "definition" not in var
+    assert var["query"]["query"] == "label_values(k6_vus, testid)"
     assert var["includeAll"] and var["allValue"] == ".*"
     for q in dashboard_queries(dashboard):
         if "k6_" in q.expr:
@@ -462,8 +473,12 @@ def test_servers_selected_by_job_containers_by_service_label(dashboard):
         assert bad not in text, bad
     for q in dashboard_queries(dashboard):
         if is_cadvisor(q.expr):
-            for sel in re.findall(r"container_\w+\{([^}]*)\}", q.expr):
-                assert CADVISOR_LABEL + '=~"rust-ws|python-ws"' in sel, q.test_id
+            # Every cAdvisor metric is read twice: by compose service and by kubelet container.
+            sels = re.findall(r"container_\w+\{([^}]*)\}", q.expr)
+            compose = [x for x in sels if x == CADVISOR_LABEL + '=~"rust-ws|python-ws"']
+            kubelet = [x for x in sels if x == CONTAINER_LABEL + '=~"rust-ws|python-ws"']
+            assert compose and len(compose) == len(kubelet) == len(sels) / 2, (q.test_id, sels)
+            assert q.expr.startswith(("sum by (container) (", "max by (container) (")), q.test_id
         elif "k6_" not in q.expr:
             for sel in re.findall(r"\b[a-z_:]+\{([^}]*)\}", q.expr):
                 assert re.search(r'\bjob=~?"', sel), f"{q.test_id}: {sel}"
@@ -502,8 +517,8 @@ REQUIRED_METRICS = {
     "process_resident_memory_bytes",
     "k6_vus",
     "k6_ws_sessions_total",
-    "k6_ws_connecting_p95",
-    "k6_wslab_rtt_p95",
+    "k6_ws_connecting_seconds",
+    "k6_wslab_rtt_seconds",
     "k6_ws_msgs_sent_total",
     "k6_ws_msgs_received_total",
     "k6_checks_rate",
@@ -534,7 +549,7 @@ def test_dashboard_covers_the_issue_panels(dashboard):
     quantiles = {
         re.search(r'quantile="([^"]+)"', q.expr).group(1)
         for q in dashboard_queries(dashboard)
-        if "histogram_quantile" in q.expr
+        if "histogram_quantile" in q.expr and "k6_" not in q.expr
     }
     assert quantiles == {"0.5", "0.95", "0.99"}
 
@@ -542,4 +557,131 @@ def test_dashboard_covers_the_issue_panels(dashboard):
 def test_every_query_substitutes_cleanly(dashboard):
     for q in dashboard_queries(dashboard):
         expr = substitute(q.expr, {"testid": "x"})
-        assert "$" not in expr, q.test_id
+        # Only label_replace's regex group references ("$1") may remain.
+        assert not re.search(r"\$(?![0-9])", expr), q.test_id
+
+
+# ---------------------------------------------------------------- distributed k6 runs
+
+# k6's trends as native histograms (K6_PROMETHEUS_RW_TREND_AS_NATIVE_HISTOGRAM=true): time trends
+# are named k6_<trend>_seconds.
+K6_HISTOGRAMS = ("k6_ws_connecting_seconds", "k6_wslab_rtt_seconds")
+
+
+def test_k6_percentiles_come_from_histograms_summed_over_runners(dashboard):
+    """A percentile can't be averaged, summed or max'ed over runners: every k6 percentile is
+    histogram_quantile over the native histograms summed across runners (instance_id dropped),
+    and no panel reads the per-process percentile gauges (k6_*_p95 and friends)."""
+    quantile_queries = 0
+    for q in dashboard_queries(dashboard):
+        if "k6_" not in q.expr:
+            continue
+        assert not re.search(r"k6_\w+_p\d+\{", q.expr), q.test_id
+        assert not re.search(r"k6_(ws_connecting|wslab_\w+)_(avg|min|max|med|count)\{", q.expr)
+        for metric in K6_HISTOGRAMS:
+            if metric in q.expr:
+                quantile_queries += 1
+                assert re.fullmatch(
+                    r"histogram_quantile\(0\.\d+, sum by \(server\) \(rate\("
+                    + metric
+                    + r'\{testid=~"\$testid"\}\[\$__rate_interval\]\)\)\)',
+                    q.expr,
+                ), q.test_id
+    assert quantile_queries == 4  # p95 and p99 of ws_connecting and wslab_rtt
+
+
+def test_k6_counts_are_summed_over_runners(dashboard):
+    """Counts and rates from k6 add up over runners: `sum`, never `max`/`avg` of a counter."""
+    for q in dashboard_queries(dashboard):
+        for counter in re.findall(r"k6_\w+_total", q.expr):
+            assert not re.search(r"\b(max|avg|min) by \([^)]*\) \((rate\()?" + counter, q.expr)
+            assert re.search(r"sum by \([^)]*\) \((rate\()?" + counter, q.expr), q.test_id
+
+
+def _container_expr_test(expr: str, eval_time: str, expected: dict[str, float]) -> dict:
+    return {
+        "expr": expr,
+        "eval_time": eval_time,
+        "exp_samples": [
+            {"labels": "{" + f'container="{name}"' + "}", "value": value}
+            for name, value in sorted(expected.items())
+        ],
+    }
+
+
+def test_container_panels_read_compose_and_kubelet_cadvisor(tmp_path, dashboard):
+    """The container panels' queries, run by promtool on series labelled as compose's cAdvisor
+    labels them and as a kubelet's cAdvisor does (with the pod-level and pause-container series a
+    kubelet also exports, which must not count), give one line per server either way."""
+    # Compose's cAdvisor: container_label_com_docker_compose_service, no `container` label.
+    compose = {
+        "rust-ws": 'container_label_com_docker_compose_service="rust-ws",name="wslab-rust-ws-1"',
+        "python-ws": (
+            'container_label_com_docker_compose_service="python-ws",name="wslab-python-ws-1"'
+        ),
+    }
+    # The kubelet's: container, pod, namespace; plus container="" (pod cgroup) and "POD" (pause).
+    kubelet = {
+        "rust-ws": 'container="rust-ws",pod="rust-ws-7d9f",namespace="wslab"',
+        "python-ws": 'container="python-ws",pod="python-ws-5c4b",namespace="wslab"',
+    }
+    extra = [
+        'container="",pod="rust-ws-7d9f",namespace="wslab"',
+        'container="POD",pod="rust-ws-7d9f",namespace="wslab"',
+        'container="grafana",pod="grafana-1",namespace="wslab"',
+    ]
+    cpu = {"rust-ws": 0.5, "python-ws": 0.25}  # cores
+    mem = {"rust-ws": 3e8, "python-ws": 2e8}
+    input_series = []
+    for job, labels_of in (("cadvisor", compose), ("kubelet-cadvisor", kubelet)):
+        for server, labels in labels_of.items():
+            lab = f'job="{job}",{labels}'
+            # 5 s scrapes over 2 minutes: CPU seconds grow by cpu*5 each step.
+            input_series += [
+                {
+                    "series": f"container_cpu_usage_seconds_total{{{lab}}}",
+                    "values": f"0+{cpu[server] * 5}x24",
+                },
+                {"series": f"container_spec_cpu_quota{{{lab}}}", "values": "150000x24"},
+                {"series": f"container_spec_cpu_period{{{lab}}}", "values": "100000x24"},
+                {
+                    "series": f"container_memory_working_set_bytes{{{lab}}}",
+                    "values": f"{mem[server]:.0f}x24",
+                },
+                {
+                    "series": f"container_spec_memory_limit_bytes{{{lab}}}",
+                    "values": "1073741824x24",
+                },
+            ]
+        if job == "kubelet-cadvisor":
+            for labels in extra:
+                lab = f'job="{job}",{labels}'
+                input_series += [
+                    {"series": f"container_cpu_usage_seconds_total{{{lab}}}", "values": "0+9x24"},
+                    {"series": f"container_memory_working_set_bytes{{{lab}}}", "values": "7e9x24"},
+                ]
+    cadvisor_queries = [q for q in dashboard_queries(dashboard) if is_cadvisor(q.expr)]
+    assert len(cadvisor_queries) == 4
+    tests = []
+    for only in ("cadvisor", "kubelet-cadvisor"):
+        series = [s for s in input_series if f'job="{only}"' in s["series"]]
+        exprs = []
+        for q in cadvisor_queries:
+            expr = substitute(q.expr, {})
+            if "cpu_usage" in expr:
+                expected = cpu
+            elif "cpu_quota" in expr:
+                expected = {"rust-ws": 1.5, "python-ws": 1.5}
+            elif "working_set" in expr:
+                expected = mem
+            else:
+                expected = {"rust-ws": 1073741824, "python-ws": 1073741824}
+            exprs.append(_container_expr_test(expr, "100s", expected))
+        tests.append({"interval": "5s", "input_series": series, "promql_expr_test": exprs})
+    test_file = tmp_path / "container_panels_test.yml"
+    # evaluation_interval as in prometheus.yml; promtool's default (1m) would thin the samples.
+    doc = {"rule_files": [], "evaluation_interval": "5s", "tests": tests}
+    test_file.write_text(yaml.safe_dump(doc, sort_keys=False))
+    result = run([PROMTOOL, "test", "rules", test_file.name], cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout + result.stderr

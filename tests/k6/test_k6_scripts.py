@@ -4,7 +4,8 @@
   what k6 says it did matches what the server it targeted counted;
 - both.js lays the two servers out in consecutive windows by default;
 - a script pointed at a dead port exits non-zero and says what to start;
-- a smoke run pushes to a real Prometheus by remote write, tagged by server, trends in seconds.
+- a smoke run pushes to a real Prometheus by remote write, tagged by server, trends as native
+  histograms in seconds.
 
 The servers are started once for the module (tests/harness.py); each k6 run takes ~5-20 s.
 """
@@ -184,15 +185,20 @@ def prom_query(url: str, query: str) -> list[dict]:
 
 
 def test_remote_write_reaches_prometheus_tagged_by_server(smoke_env):
+    """With the lab's remote-write settings (compose, deploy/k8s/run): trends as native
+    histograms, in seconds; counters as running totals; every series tagged by server."""
     testid = uuid.uuid4().hex[:12]
-    with running_prometheus("global:\n  scrape_interval: 15s\n") as p:
+    # Prometheus 2.42 stores native histograms only behind this flag (3.9+ always does).
+    with running_prometheus(
+        "global:\n  scrape_interval: 15s\n", flags=["--enable-feature=native-histograms"]
+    ) as p:
         prom = p.url
         env = {
             **smoke_env,
             "SCENARIO": "echo",
             "PARALLEL": "1",
             "K6_PROMETHEUS_RW_SERVER_URL": prom + "/api/v1/write",
-            "K6_PROMETHEUS_RW_TREND_STATS": "p(50),p(95),p(99),avg,max,count",
+            "K6_PROMETHEUS_RW_TREND_AS_NATIVE_HISTOGRAM": "true",
         }
         result = run_k6(
             "both.js",
@@ -212,20 +218,25 @@ def test_remote_write_reaches_prometheus_tagged_by_server(smoke_env):
         assert {"rust", "python"} <= set(names_by_server), names_by_server
         for server in ("rust", "python"):
             names = names_by_server[server]
-            for stat in ("p50", "p95", "p99", "avg", "max", "count"):
-                assert f"k6_wslab_rtt_{stat}" in names, (server, sorted(names))
-            assert "k6_wslab_messages_received_total" in names
-            assert "k6_checks_rate" in names
+            for name in (
+                "k6_wslab_rtt_seconds",
+                "k6_ws_connecting_seconds",
+                "k6_wslab_messages_received_total",
+                "k6_checks_rate",
+            ):
+                assert name in names, (server, sorted(names))
+            assert not any(re.search(r"_p\d+$", n) for n in names), "no percentile gauges"
 
-            # Trends arrive in seconds: the run's largest RTT in Prometheus is the summary's
-            # (milliseconds) divided by 1000.
+            # Trends arrive as native histograms in seconds: the histogram holds every round
+            # trip of the run, and their sum is the summary's (milliseconds) divided by 1000.
             rtt = result.metric(f"wslab_rtt{{server:{server},scenario:echo}}")
-            got = prom_query(
-                prom,
-                f'max(max_over_time(k6_wslab_rtt_max{{server="{server}", {sel}}}[1h]))',
+            hist = f'sum(k6_wslab_rtt_seconds{{server="{server}", {sel}}})'
+            count = prom_query(prom, f"histogram_count({hist})")
+            assert count and float(count[0]["value"][1]) == rtt["count"], (count, rtt)
+            total = prom_query(prom, f"histogram_sum({hist})")
+            assert float(total[0]["value"][1]) == pytest.approx(
+                rtt["avg"] * rtt["count"] / 1000, rel=1e-6
             )
-            assert got, server
-            assert float(got[0]["value"][1]) == pytest.approx(rtt["max"] / 1000, rel=1e-6)
 
             # Counters arrive as running totals: the last value is the summary's count.
             received = result.metric(f"wslab_messages_received{{server:{server},scenario:echo}}")
