@@ -15,8 +15,8 @@ connection through `EndReport`, and `connection.Ending` decides what that counts
 Tornado internals (`_write_frame`, `_receive_frame`, `_handle_message`, `_abort`, `_waiting`,
 `_ping_coroutine`), which is why `tornado` is pinned exactly in pyproject.toml.
 
-Twin: rust-ws/src/close_fix.rs, the rust-ws workaround for tungstenite's code-less close echo
-(issue 11 renames it for what it works around).
+Twin: rust-ws/src/codeless_close.rs, the rust-ws workaround for tungstenite's code-less close
+echo (tungstenite rejects bad frames with 1002/1007 itself, so rust-ws needs no more than that).
 """
 
 from __future__ import annotations

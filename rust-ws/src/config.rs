@@ -1,5 +1,7 @@
 //! Configuration from the environment, exactly as PROTOCOL.md §1 lists it.
 //!
+//! Twin: python-ws/python_ws/config.py.
+//!
 //! Parsing takes a lookup function instead of reading `std::env` directly, so unit tests can feed
 //! it any environment without touching the process's own (tests run in parallel).
 

@@ -1,5 +1,7 @@
 //! Rooms, their members and each member's outbound queue.
 //!
+//! Twin: python-ws/python_ws/hub.py.
+//!
 //! Locks here are `std::sync::Mutex` and are only ever held for in-memory work: never across an
 //! `.await`. A fan-out pushes an already serialised, reference-counted payload onto each member's
 //! queue with a non-blocking push, so one slow reader can never stall a room.

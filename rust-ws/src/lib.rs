@@ -1,74 +1,50 @@
 //! rust-ws: the lab's Rocket WebSocket server, speaking protocol v1 of PROTOCOL.md.
 //!
-//! [`rocket`] is the one construction path, used by the binary and by the tests alike.
+//! Twin: python-ws/python_ws/app.py (`make_app(config)`).
+//!
+//! This file builds the server and holds the state it manages: [`rocket`] is the one construction
+//! path, used by the binary (main.rs) and by the tests alike, and [`Server`] is what every route
+//! and connection shares. Each other concern has its own module:
+//!
+//! | module | job |
+//! |---|---|
+//! | `config` | `WS_*`/`LOG_LEVEL` parsing and ranges (exit 2 lives in main.rs) |
+//! | `routes` | `/ws` upgrade checks (room 400, capacity 503), `/metrics`, `/healthz` |
+//! | `connection` | one session: read loop, writer, keepalive, `Ending` |
+//! | `hub` | rooms, membership, fan-out, outboxes, eviction, shutdown kill |
+//! | `protocol` | parse, validate, serialise, error details |
+//! | `metrics` | the metric families and their rendering |
+//! | `healthcheck` | the `--healthcheck` client |
+//! | `log` | the log level and macros |
+//! | `listen_backlog` | workaround: Rocket/mio listen with 128, PROTOCOL.md asks 1024 |
+//! | `codeless_close` | workaround: tungstenite echoes a code-less close without 1000 |
+//! | `sent_counter` | `ws_messages_sent_total`, counted as frames reach the socket |
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use rocket::fairing::AdHoc;
 use rocket::figment::Figment;
-use rocket::http::Status;
-use rocket::request::Request;
-use rocket::response::{self, Responder, Response};
-use rocket::{get, routes, Build, Rocket, State};
+use rocket::{Build, Rocket};
 
-pub mod close_fix;
+pub mod codeless_close;
 pub mod config;
-pub mod conn;
+pub mod connection;
+pub mod healthcheck;
 pub mod hub;
+pub mod listen_backlog;
+pub mod log;
 pub mod metrics;
 pub mod protocol;
+pub mod routes;
+pub mod sent_counter;
 
 pub use config::{Config, LogLevel};
 pub use metrics::Metrics;
 
 use hub::Hub;
-
-// ---- logging -------------------------------------------------------------------------------
-// Rocket's logger filters by Rocket's own level, which is kept "off" unless LOG_LEVEL=debug
-// (Rocket at "normal" logs every request). Our few lines go straight to stderr instead.
-
-static LOG_LEVEL: AtomicU8 = AtomicU8::new(1);
-
-pub fn set_log_level(level: LogLevel) {
-    LOG_LEVEL.store(level as u8, Ordering::Relaxed);
-}
-
-pub fn log_enabled(level: LogLevel) -> bool {
-    level as u8 >= LOG_LEVEL.load(Ordering::Relaxed)
-}
-
-#[macro_export]
-macro_rules! log_debug {
-    ($($arg:tt)*) => {
-        if $crate::log_enabled($crate::LogLevel::Debug) {
-            eprintln!("DEBUG rust-ws: {}", format_args!($($arg)*));
-        }
-    };
-}
-
-#[macro_export]
-macro_rules! log_warn {
-    ($($arg:tt)*) => {
-        if $crate::log_enabled($crate::LogLevel::Warning) {
-            eprintln!("WARNING rust-ws: {}", format_args!($($arg)*));
-        }
-    };
-}
-
-#[macro_export]
-macro_rules! log_info {
-    ($($arg:tt)*) => {
-        if $crate::log_enabled($crate::LogLevel::Info) {
-            eprintln!("INFO rust-ws: {}", format_args!($($arg)*));
-        }
-    };
-}
-
-// ---- shared state --------------------------------------------------------------------------
 
 /// State shared by every route and connection of one server instance.
 pub struct Server {
@@ -91,7 +67,7 @@ impl Server {
 
     /// Reserves a connection slot, or `None` at WS_MAX_CONNECTIONS. The check and the increment
     /// are one atomic step, so concurrent upgrades cannot overshoot the limit.
-    fn reserve(self: &Arc<Self>) -> Option<Slot> {
+    pub(crate) fn reserve(self: &Arc<Self>) -> Option<Slot> {
         let max = self.config.max_connections;
         self.open
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
@@ -127,71 +103,6 @@ impl Drop for Slot {
     }
 }
 
-// ---- routes --------------------------------------------------------------------------------
-
-/// A 101 answer whose I/O runs a [`conn::Session`].
-pub struct Upgrade {
-    accept_key: String,
-    session: conn::Session,
-}
-
-impl<'r> Responder<'r, 'static> for Upgrade {
-    fn respond_to(self, _: &'r Request<'_>) -> response::Result<'static> {
-        Response::build()
-            .raw_header("Sec-WebSocket-Version", "13")
-            .raw_header("Sec-WebSocket-Accept", self.accept_key)
-            .upgrade("websocket", self.session)
-            .ok()
-    }
-}
-
-/// `ws::WebSocket` checks the upgrade headers (a plain GET is forwarded, ending in 400) and
-/// derives the accept key. The room and the capacity are checked before the 101.
-#[get("/ws?<room>")]
-fn ws_upgrade(
-    socket: ws::WebSocket,
-    room: Option<String>,
-    server: &State<Arc<Server>>,
-) -> Result<Upgrade, Status> {
-    let room = room.unwrap_or_else(|| "lobby".to_string());
-    if !protocol::valid_room(&room) {
-        return Err(Status::BadRequest);
-    }
-    let slot = server.reserve().ok_or(Status::ServiceUnavailable)?;
-    Ok(Upgrade {
-        accept_key: socket.accept_key().to_string(),
-        session: conn::Session {
-            server: Arc::clone(server),
-            room: room.into_boxed_str(),
-            slot,
-        },
-    })
-}
-
-/// The Prometheus text exposition with its exact content type.
-pub struct Exposition(String);
-
-impl<'r> Responder<'r, 'static> for Exposition {
-    fn respond_to(self, _: &'r Request<'_>) -> response::Result<'static> {
-        Response::build()
-            .raw_header("Content-Type", metrics::CONTENT_TYPE)
-            .sized_body(self.0.len(), std::io::Cursor::new(self.0))
-            .ok()
-    }
-}
-
-#[get("/metrics")]
-fn metrics_route(metrics: &State<Arc<Metrics>>) -> Exposition {
-    Exposition(metrics.render())
-}
-
-#[get("/healthz")]
-fn healthz() -> &'static str {
-    "ok"
-}
-
-// ---- construction --------------------------------------------------------------------------
-
 /// Rocket's configuration: ROCKET_* from the environment, then our WS_* values on top.
 pub fn figment(config: &Config) -> Figment {
     let mut figment = rocket::Config::figment()
@@ -209,7 +120,7 @@ pub fn figment(config: &Config) -> Figment {
     if std::env::var_os("ROCKET_LOG_LEVEL").is_none() {
         // Rocket at "normal" logs each request, and even at "critical" it prints its own launch
         // banner. Launch failures come back from `launch()` and are printed by main, so outside
-        // debug Rocket stays quiet and the start-up line above is the only one.
+        // debug Rocket stays quiet and our start-up line is the only one.
         let rocket_level = match config.log_level {
             LogLevel::Debug => "normal",
             _ => "off",
@@ -221,7 +132,7 @@ pub fn figment(config: &Config) -> Figment {
 
 /// Builds the server: routes, state (`Arc<Metrics>`, `Arc<Server>`) and fairings.
 pub fn rocket(config: Config) -> Rocket<Build> {
-    set_log_level(config.log_level);
+    log::set_level(config.log_level);
     let metrics = Arc::new(Metrics::new());
     let server = Arc::new(Server::new(config.clone(), metrics.clone()));
     let on_shutdown = server.clone();
@@ -229,30 +140,20 @@ pub fn rocket(config: Config) -> Rocket<Build> {
     rocket::custom(figment(&config))
         .manage(metrics)
         .manage(server)
-        .mount("/", routes![ws_upgrade, metrics_route, healthz])
-        .attach(AdHoc::on_request("exact paths", |req, _| {
-            Box::pin(async move {
-                // Rocket 0.5 lets `/healthz/` match `/healthz`; the protocol's routes are exact
-                // (python-ws answers 404 there too), so send such paths to the 404 catcher.
-                let path = req.uri().path();
-                if path.len() > 1 && path.ends_with('/') {
-                    req.set_uri(rocket::http::uri::Origin::parse("/.not-found").unwrap());
-                }
-            })
-        }))
+        .mount("/", routes::all())
+        .attach(routes::exact_paths())
+        // Before the start-up line, which reports the backlog: liftoff fairings start in attach
+        // order, and this one finishes without awaiting.
+        .attach(listen_backlog::fairing())
         .attach(AdHoc::on_liftoff("start-up line", move |rocket| {
             Box::pin(async move {
                 let rc = rocket.config();
-                let bound = SocketAddr::new(rc.address, rc.port);
-                if raise_listen_backlog(bound) == 0 {
-                    log_warn!("could not raise the listen backlog to {LISTEN_BACKLOG}");
-                }
                 log_info!(
                     "listening on http://{} (server=rust-ws backlog={} WS_MAX_MESSAGE_BYTES={} \
                      WS_SEND_QUEUE={} WS_PING_INTERVAL_SECS={} WS_PING_TIMEOUT_SECS={} \
                      WS_MAX_CONNECTIONS={} LOG_LEVEL={} workers={})",
-                    bound,
-                    LISTEN_BACKLOG,
+                    SocketAddr::new(rc.address, rc.port),
+                    listen_backlog::LISTEN_BACKLOG,
                     config.max_message_bytes,
                     config.send_queue,
                     config.ping_interval_secs,
@@ -272,102 +173,4 @@ pub fn rocket(config: Config) -> Rocket<Build> {
                 })
             },
         ))
-}
-
-// ---- listen backlog ------------------------------------------------------------------------
-
-/// The listen backlog PROTOCOL.md §1 asks of both servers.
-pub const LISTEN_BACKLOG: i32 = 1024;
-
-/// Raises the backlog of Rocket's listening socket on `addr` to [`LISTEN_BACKLOG`]; returns how
-/// many sockets were changed (1 when it worked).
-///
-/// Rocket 0.5 binds with `tokio::net::TcpListener::bind` and offers no backlog setting. tokio
-/// used to pass 1024, but since mio 1.1 (tokio >= 1.48 needs mio >= 1.2) it passes std's 128,
-/// which overflows under connection bursts. On Linux, `listen()` on a socket that is already
-/// listening just updates its backlog, so after Rocket has bound we find its socket among our
-/// own file descriptors by local address and call `listen(1024)` again. An accepted connection
-/// shares that local address, but `listen()` fails on it harmlessly (EINVAL).
-#[cfg(target_os = "linux")]
-pub fn raise_listen_backlog(addr: SocketAddr) -> usize {
-    use std::os::fd::{BorrowedFd, RawFd};
-
-    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
-        return 0;
-    };
-    let mut raised = 0;
-    for entry in entries.flatten() {
-        let Some(fd) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<RawFd>().ok())
-        else {
-            continue;
-        };
-        // SAFETY: the descriptor is open (listed in /proc/self/fd) and only borrowed for the
-        // getsockname/listen calls below; nothing here closes it.
-        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-        let sock = socket2::SockRef::from(&fd);
-        let bound_here = sock
-            .local_addr()
-            .ok()
-            .and_then(|a| a.as_socket())
-            .is_some_and(|a| a == addr);
-        if bound_here
-            && sock.r#type().ok() == Some(socket2::Type::STREAM)
-            && sock.listen(LISTEN_BACKLOG).is_ok()
-        {
-            raised += 1;
-        }
-    }
-    raised
-}
-
-#[cfg(not(target_os = "linux"))]
-pub fn raise_listen_backlog(_addr: SocketAddr) -> usize {
-    0
-}
-
-// ---- health check --------------------------------------------------------------------------
-
-/// `GET http://127.0.0.1:{port}/healthz`; true on a 200. The container has no curl.
-pub fn healthcheck(port: u16) -> bool {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
-    let request =
-        format!("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
-    if stream.write_all(request.as_bytes()).is_err() {
-        return false;
-    }
-    // Only the status line matters; read at most a few KiB.
-    let mut buf = [0u8; 4096];
-    let mut len = 0;
-    while len < buf.len() {
-        match stream.read(&mut buf[len..]) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => len += n,
-        }
-        if buf[..len].windows(2).any(|w| w == b"\r\n") {
-            break;
-        }
-    }
-    let status_line = String::from_utf8_lossy(&buf[..len]);
-    let mut parts = status_line.split_whitespace();
-    matches!(
-        (parts.next(), parts.next()),
-        (Some(v), Some("200")) if v.starts_with("HTTP/1.")
-    )
-}
-
-/// The port `--healthcheck` should probe: WS_PORT, else ROCKET_PORT, else 8000.
-pub fn healthcheck_port() -> Option<u16> {
-    let get = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-    match get("WS_PORT").or_else(|| get("ROCKET_PORT")) {
-        Some(v) => v.parse().ok(),
-        None => Some(config::DEFAULT_PORT),
-    }
 }

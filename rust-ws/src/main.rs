@@ -1,4 +1,8 @@
 //! rust-ws: the wslab Rocket WebSocket server (protocol v1, see PROTOCOL.md at the repo root).
+//! The entry point: parse the configuration, start the runtime and Rocket, map errors to exit
+//! codes; SIGTERM/SIGINT come through Rocket's shutdown.
+//!
+//! Twin: python-ws/python_ws/__main__.py.
 //!
 //! Run it from the repository root:
 //!
@@ -17,11 +21,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use rocket::error::ErrorKind;
-use rust_ws::{Config, Server};
+use rust_ws::{healthcheck, Config, Server};
 
-// mimalloc trims the per-connection footprint against glibc malloc (shared/MEASURED.md: ~9.9 KB
-// vs ~11.8 KB per connection). Like the others it keeps freed memory for a while: RSS stays up
-// for some seconds after a mass disconnect, which is retention, not a leak.
+// mimalloc trims the per-connection footprint against glibc malloc (bench/README.md, "Design
+// figures": ~9.9 KB vs ~11.8 KB per connection). Like the others it keeps freed memory for a
+// while: RSS stays up for some seconds after a mass disconnect, which is retention, not a leak.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -52,7 +56,7 @@ fn main() -> ExitCode {
     {
         [] => {}
         ["--healthcheck"] => {
-            let healthy = rust_ws::healthcheck_port().is_some_and(rust_ws::healthcheck);
+            let healthy = healthcheck::healthcheck_port().is_some_and(healthcheck::healthcheck);
             return if healthy {
                 ExitCode::SUCCESS
             } else {

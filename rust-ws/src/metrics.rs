@@ -1,5 +1,7 @@
 //! The metrics contract of PROTOCOL.md §4, in a registry owned by one server instance.
 //!
+//! Twin: python-ws/python_ws/metrics.py.
+//!
 //! Each `Metrics` has its own `Registry` (no globals), so in-process tests that run servers in
 //! parallel never see each other's counters.
 
@@ -247,32 +249,100 @@ impl Default for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prometheus_parse::{LineInfo, Scrape, Value};
+
+    fn scrape(m: &Metrics) -> Scrape {
+        let text = m.render();
+        Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("the exposition parses")
+    }
+
+    /// The one sample of `name` whose labels include `label` (if given).
+    fn value<'a>(s: &'a Scrape, name: &str, label: Option<(&str, &str)>) -> &'a Value {
+        let found: Vec<&Value> = s
+            .samples
+            .iter()
+            .filter(|x| x.metric == name)
+            .filter(|x| label.is_none_or(|(k, v)| x.labels.get(k) == Some(v)))
+            .map(|x| &x.value)
+            .collect();
+        assert_eq!(found.len(), 1, "{name} {label:?}: {found:?}");
+        found[0]
+    }
 
     #[test]
     fn exposes_every_family_and_label_at_zero() {
         let m = Metrics::new();
+        let s = scrape(&m);
+        for (family, help) in [
+            ("ws_connections", "Open WebSocket connections."),
+            (
+                "all_ws_connections_total",
+                "WebSocket connections accepted since start.",
+            ),
+            (
+                "ws_closed_conns_errors_total",
+                "WebSocket connections that ended abnormally, by reason.",
+            ),
+            (
+                "ws_messages_received_total",
+                "Messages received from clients, by outcome.",
+            ),
+            ("ws_messages_sent_total", "Messages written to clients."),
+            (
+                "ws_message_handling_duration_seconds",
+                "Time from a complete text message received until its reply payload is ready: \
+                 parse, validate and serialise.",
+            ),
+            (
+                "ws_broadcast_duration_seconds",
+                "Time to fan one broadcast out to every connection in its room: enqueueing the \
+                 shared payload, not network delivery.",
+            ),
+        ] {
+            assert_eq!(
+                s.docs.get(family).map(String::as_str),
+                Some(help),
+                "{family}"
+            );
+        }
+        // The value's kind is the family's TYPE.
+        assert_eq!(value(&s, "ws_connections", None), &Value::Gauge(0.0));
+        for name in ["all_ws_connections_total", "ws_messages_sent_total"] {
+            assert_eq!(value(&s, name, None), &Value::Counter(0.0), "{name}");
+        }
+        for reason in CloseReason::ALL {
+            let label = Some(("reason", reason.label()));
+            let v = value(&s, "ws_closed_conns_errors_total", label);
+            assert_eq!(v, &Value::Counter(0.0), "{reason:?}");
+        }
+        for outcome in ["ok", "invalid"] {
+            let v = value(&s, "ws_messages_received_total", Some(("outcome", outcome)));
+            assert_eq!(v, &Value::Counter(0.0), "{outcome}");
+        }
+        for name in [
+            "ws_message_handling_duration_seconds",
+            "ws_broadcast_duration_seconds",
+        ] {
+            let Value::Histogram(buckets) = value(&s, name, None) else {
+                panic!("{name} is not a histogram");
+            };
+            let bounds: Vec<f64> = buckets.iter().map(|b| b.less_than).collect();
+            let mut want = BUCKETS.to_vec();
+            want.push(f64::INFINITY);
+            assert_eq!(bounds, want, "{name}");
+            assert!(buckets.iter().all(|b| b.count == 0.0), "{name}");
+        }
+        // How bounds are spelled is not a number: compared as exposition lines.
         let text = m.render();
         for line in [
-            "# HELP ws_connections Open WebSocket connections.",
-            "# TYPE ws_connections gauge",
-            "ws_connections 0",
-            "# TYPE all_ws_connections_total counter",
-            "all_ws_connections_total 0",
-            "# HELP ws_closed_conns_errors_total WebSocket connections that ended abnormally, by reason.",
-            "ws_closed_conns_errors_total{reason=\"abnormal\"} 0",
-            "ws_closed_conns_errors_total{reason=\"send_failed\"} 0",
-            "ws_closed_conns_errors_total{reason=\"too_large\"} 0",
-            "ws_messages_received_total{outcome=\"ok\"} 0",
-            "ws_messages_received_total{outcome=\"invalid\"} 0",
-            "# HELP ws_messages_sent_total Messages written to clients.",
-            "# HELP ws_message_handling_duration_seconds Time from a complete text message received until its reply payload is ready: parse, validate and serialise.",
-            "# HELP ws_broadcast_duration_seconds Time to fan one broadcast out to every connection in its room: enqueueing the shared payload, not network delivery.",
             "ws_broadcast_duration_seconds_bucket{le=\"0.000005\"} 0",
             "ws_broadcast_duration_seconds_bucket{le=\"2.5\"} 0",
             "ws_broadcast_duration_seconds_bucket{le=\"+Inf\"} 0",
-            "# TYPE ws_message_handling_duration_seconds histogram",
         ] {
-            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
         }
         assert!(!text.contains("_created"));
         #[cfg(target_os = "linux")]
@@ -282,10 +352,7 @@ mod tests {
             "process_open_fds",
             "process_start_time_seconds",
         ] {
-            assert!(
-                text.contains(&format!("# TYPE {family} ")),
-                "missing {family}"
-            );
+            assert!(s.docs.contains_key(family), "missing {family}");
         }
     }
 
@@ -293,20 +360,30 @@ mod tests {
     #[test]
     fn one_help_and_type_per_family() {
         let text = Metrics::new().render();
-        let mut helps = std::collections::HashMap::<&str, usize>::new();
-        let mut types = std::collections::HashMap::<&str, usize>::new();
+        let mut helps = std::collections::BTreeMap::<String, usize>::new();
+        let mut types = std::collections::BTreeMap::<String, usize>::new();
         for line in text.lines() {
-            let mut words = line.split(' ');
-            match (words.next(), words.next(), words.next()) {
-                (Some("#"), Some("HELP"), Some(name)) => *helps.entry(name).or_default() += 1,
-                (Some("#"), Some("TYPE"), Some(name)) => *types.entry(name).or_default() += 1,
+            match LineInfo::parse(line) {
+                LineInfo::Doc { metric_name, .. } => {
+                    *helps.entry(metric_name.to_owned()).or_default() += 1
+                }
+                // A histogram's TYPE is reported under `<name>_bucket`, its family under alias.
+                LineInfo::Type {
+                    metric_name,
+                    metric_alias,
+                    ..
+                } => {
+                    *types
+                        .entry(metric_alias.unwrap_or(metric_name))
+                        .or_default() += 1
+                }
                 _ => {}
             }
         }
         assert!(!helps.is_empty());
         assert_eq!(
-            helps.keys().collect::<std::collections::BTreeSet<_>>(),
-            types.keys().collect::<std::collections::BTreeSet<_>>(),
+            helps.keys().collect::<Vec<_>>(),
+            types.keys().collect::<Vec<_>>(),
             "{text}"
         );
         for (name, n) in helps.iter().chain(types.iter()) {
@@ -316,15 +393,10 @@ mod tests {
 
     #[cfg(target_os = "linux")]
     fn scrape_cpu_seconds(m: &Metrics) -> f64 {
-        let text = m.render();
-        let samples: Vec<&str> = text
-            .lines()
-            .filter(|l| l.starts_with("process_cpu_seconds_total "))
-            .collect();
-        assert_eq!(samples.len(), 1, "{text}");
-        samples[0]["process_cpu_seconds_total ".len()..]
-            .parse()
-            .expect("a number")
+        match value(&scrape(m), process::CPU_NAME, None) {
+            Value::Counter(v) => *v,
+            other => panic!("{} is {other:?}, not a counter", process::CPU_NAME),
+        }
     }
 
     /// Busy-loops on this thread until it has used `cpu` of CPU time (bounded by 5 s of wall).
@@ -347,16 +419,11 @@ mod tests {
     #[test]
     fn process_cpu_seconds_is_a_fractional_counter() {
         let m = Metrics::new();
-        let text = m.render();
-        for line in [
-            "# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.",
-            "# TYPE process_cpu_seconds_total counter",
-        ] {
-            assert!(
-                text.lines().any(|l| l == line),
-                "missing {line:?} in\n{text}"
-            );
-        }
+        let s = scrape(&m);
+        assert_eq!(
+            s.docs.get(process::CPU_NAME).map(String::as_str),
+            Some("Total user and system CPU time spent in seconds.")
+        );
         let before = scrape_cpu_seconds(&m);
         burn_cpu(std::time::Duration::from_millis(50));
         let after = scrape_cpu_seconds(&m);

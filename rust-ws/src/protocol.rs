@@ -1,11 +1,30 @@
 //! Protocol v1 messages: parsing and validating client text, serialising server payloads.
 //!
+//! Twin: python-ws/python_ws/protocol.py.
+//!
 //! Everything here is pure and synchronous, so the handling timer can wrap it exactly and unit
 //! tests need no socket.
+//!
+//! Validation is explicit code over the parsed `serde_json::Value`, not a `validator` derive on a
+//! typed message, because PROTOCOL.md §3 asks for answers such a derive cannot give:
+//! - *Check order.* The first failure in the order `type`, `user`, `text`, `ref`, `sent_at`
+//!   answers. A typed `#[derive(Deserialize, Validate)]` message fails in serde on the first
+//!   wrong JSON type in the *document's* key order, before any `validator` rule has run: for
+//!   `{"ref":1,"user":""}` serde reports `ref` while the protocol's answer is `user`. And
+//!   `validator::ValidationErrors` is a `HashMap` keyed by field, so even its own failures come
+//!   back unordered and need a table of the protocol's order to pick the first.
+//! - *Wrong JSON types get the field's `detail`.* serde_json's error for `"sent_at":true` is
+//!   `invalid type: boolean ..., expected u64 at line 1 column N`: it does not start with
+//!   `sent_at: `, and a missing or `null` required field reads differently again. Mapping those
+//!   back to a field would mean parsing serde's message text.
+//! - *`sent_at` 1.0 is invalid*, `1e3` too: serde_json keeps any number written with a fraction
+//!   or exponent as f64, and `Value::as_u64` is `None` for it, which is exactly "an integer".
+//!
+//! What a `validator` derive would add (character-counted lengths and a range) is one
+//! comparison per field here, so the crate is not used.
 
 use serde::Serialize;
 use serde_json::{Map, Value};
-use validator::Validate;
 
 /// The largest `sent_at` a client may send: 2^53 − 1, the largest integer a JSON number in
 /// JavaScript holds exactly.
@@ -52,33 +71,10 @@ impl ProtocolError {
     }
 }
 
-/// The field rules, declared once with validator. Type checks (a string, an integer) happen
-/// before this struct is filled, because JSON types don't survive into Rust types.
-#[derive(Validate)]
-struct Fields<'a> {
-    #[validate(length(min = 1, max = 32))]
-    user: &'a str,
-    #[validate(length(min = 1, max = 4096))]
-    text: &'a str,
-    #[validate(length(max = 64))]
-    reference: Option<&'a str>,
-    #[validate(range(max = 9_007_199_254_740_991u64))]
-    sent_at: Option<u64>,
-}
-
-/// The field order of the protocol's checks, the validator field names and the error details.
-const FIELD_RULES: [(&str, &str); 4] = [
-    ("user", "user: must be a string of 1-32 characters"),
-    ("text", "text: must be a string of 1-4096 characters"),
-    (
-        "reference",
-        "ref: must be null or a string of at most 64 characters",
-    ),
-    (
-        "sent_at",
-        "sent_at: must be null or an integer from 0 to 9007199254740991",
-    ),
-];
+const USER_RULE: &str = "user: must be a string of 1-32 characters";
+const TEXT_RULE: &str = "text: must be a string of 1-4096 characters";
+const REF_RULE: &str = "ref: must be null or a string of at most 64 characters";
+const SENT_AT_RULE: &str = "sent_at: must be null or an integer from 0 to 9007199254740991";
 
 /// Parses client text into JSON. Kept apart from [`validate`] because the message borrows from
 /// the returned value.
@@ -113,55 +109,26 @@ pub fn validate(value: &Value) -> Result<ClientMessage<'_>, ProtocolError> {
             ))
         }
     };
-
-    // A field of the wrong JSON type fails its rule; it gets a placeholder that passes the
-    // validator so the error order stays the protocol's field order.
-    let mut wrong_type = [false; 4];
-    let user = required_str(obj, "user").unwrap_or_else(|| {
-        wrong_type[0] = true;
-        "x"
-    });
-    let text = required_str(obj, "text").unwrap_or_else(|| {
-        wrong_type[1] = true;
-        "x"
-    });
-    let reference = match obj.get("ref") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s.as_str()),
-        Some(_) => {
-            wrong_type[2] = true;
-            None
-        }
-    };
+    // Each line fails with its field's rule, in the protocol's field order.
+    let user = string(obj, "user", 1, 32)
+        .flatten()
+        .ok_or_else(|| ProtocolError::invalid(USER_RULE))?;
+    let text = string(obj, "text", 1, 4096)
+        .flatten()
+        .ok_or_else(|| ProtocolError::invalid(TEXT_RULE))?;
+    let reference = string(obj, "ref", 0, 64).ok_or_else(|| ProtocolError::invalid(REF_RULE))?;
     let sent_at = match obj.get("sent_at") {
         None | Some(Value::Null) => None,
         // as_u64 is None for negatives and for any number written with a fraction or exponent
-        // (serde_json keeps those as f64), which is what "an integer" means here.
-        Some(Value::Number(n)) if n.as_u64().is_some() => n.as_u64(),
-        Some(_) => {
-            wrong_type[3] = true;
-            None
-        }
+        // (serde_json keeps those as f64), which is what "an integer" means here. Booleans and
+        // strings are not numbers at all.
+        Some(Value::Number(n)) => Some(
+            n.as_u64()
+                .filter(|&v| v <= MAX_SENT_AT)
+                .ok_or_else(|| ProtocolError::invalid(SENT_AT_RULE))?,
+        ),
+        Some(_) => return Err(ProtocolError::invalid(SENT_AT_RULE)),
     };
-
-    let fields = Fields {
-        user,
-        text,
-        reference,
-        sent_at,
-    };
-    if let Err(errors) = fields.validate() {
-        let failed = errors.field_errors();
-        for (i, (name, detail)) in FIELD_RULES.iter().enumerate() {
-            if wrong_type[i] || failed.contains_key(name) {
-                return Err(ProtocolError::invalid(*detail));
-            }
-        }
-    }
-    if let Some(i) = wrong_type.iter().position(|&w| w) {
-        return Err(ProtocolError::invalid(FIELD_RULES[i].1));
-    }
-
     Ok(ClientMessage {
         kind,
         user,
@@ -171,10 +138,24 @@ pub fn validate(value: &Value) -> Result<ClientMessage<'_>, ProtocolError> {
     })
 }
 
-fn required_str<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
+/// A string field of `min..=max` characters (Unicode scalar values, not bytes).
+///
+/// `Some(None)`: absent or `null`, which only an optional field accepts. `Some(Some(s))`: valid.
+/// `None`: present but not a string, or a string of the wrong length.
+fn string<'a>(
+    obj: &'a Map<String, Value>,
+    key: &str,
+    min: usize,
+    max: usize,
+) -> Option<Option<&'a str>> {
     match obj.get(key) {
-        Some(Value::String(s)) => Some(s.as_str()),
-        _ => None,
+        None | Some(Value::Null) => Some(None),
+        // Count at most max + 1 characters: a 64 KiB text is not walked to the end to reject it.
+        Some(Value::String(s)) => {
+            let chars = s.chars().take(max + 1).count();
+            (min..=max).contains(&chars).then_some(Some(s.as_str()))
+        }
+        Some(_) => None,
     }
 }
 

@@ -134,7 +134,7 @@ fn io_fail(io: &std::io::Error) -> Fail {
         ConnectionReset | BrokenPipe | UnexpectedEof => "reset",
         AddrNotAvailable | AddrInUse => "no_local_port",
         TimedOut => "timeout",
-        _ if io.raw_os_error() == Some(libc::EMFILE) => "too_many_files",
+        _ if io.raw_os_error() == Some(rustix::io::Errno::MFILE.raw_os_error()) => "too_many_files",
         _ => "io",
     };
     Fail::new(kind, io.to_string())

@@ -1,10 +1,15 @@
 //! Watching the server under test: RSS and CPU from `/proc/PID` when given `--pid`, else from its
 //! Prometheus process metrics (`process_resident_memory_bytes`, `process_cpu_seconds_total`).
+//!
+//! The modes ask a [`Probe`] for one reading at a time, or start an [`RssWatch`] over their
+//! measured window. `/metrics` is fetched with one bounded HTTP/1.0 GET and read by the
+//! `prometheus-parse` crate (the parser rust-ws's tests use too).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_parse::{Scrape, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -153,12 +158,17 @@ pub async fn scrape(t: &Target) -> Result<String, String> {
         .map_err(|_| "metrics: timeout".to_string())?
 }
 
-/// The value of an unlabelled series `name` in Prometheus text format.
+/// The value of an unlabelled counter, gauge or untyped series `name` in Prometheus text format.
 pub fn metric_value(text: &str, name: &str) -> Option<f64> {
-    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
-        let rest = l.strip_prefix(name)?;
-        let rest = rest.strip_prefix(' ')?;
-        rest.split_whitespace().next()?.parse().ok()
+    // prometheus-parse skips lines it can't read, so one odd line costs only itself.
+    let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).ok()?;
+    scrape.samples.into_iter().find_map(|s| match s.value {
+        Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v)
+            if s.metric == name && s.labels.is_empty() =>
+        {
+            Some(v)
+        }
+        _ => None,
     })
 }
 
@@ -183,6 +193,30 @@ mod tests {
         assert_eq!(metric_value(text, "ws_connections"), Some(7.0));
         assert_eq!(metric_value(text, "ws_closed_conns_errors_total"), None);
         assert_eq!(metric_value(text, "missing"), None);
+    }
+
+    #[test]
+    fn reads_real_exposition_around_other_shapes() {
+        // Types, labels, a histogram and a line that is not the format at all, as a server's
+        // /metrics may mix them: only the unlabelled series asked for comes back.
+        let text = "# TYPE ws_connections gauge\n\
+                    ws_connections 3\n\
+                    # TYPE ws_message_latency_seconds histogram\n\
+                    ws_message_latency_seconds_bucket{le=\"0.001\"} 5\n\
+                    ws_message_latency_seconds_bucket{le=\"+Inf\"} 6\n\
+                    ws_message_latency_seconds_sum 0.01\n\
+                    ws_message_latency_seconds_count 6\n\
+                    this is not a metric line\n\
+                    # TYPE process_cpu_seconds_total counter\n\
+                    process_cpu_seconds_total 12.25\n";
+        assert_eq!(metric_value(text, "ws_connections"), Some(3.0));
+        assert_eq!(metric_value(text, "process_cpu_seconds_total"), Some(12.25));
+        assert_eq!(
+            metric_value(text, "ws_message_latency_seconds_count"),
+            Some(6.0)
+        );
+        assert_eq!(metric_value(text, "ws_message_latency_seconds"), None);
+        assert_eq!(metric_value("", "ws_connections"), None);
     }
 
     #[test]

@@ -1,7 +1,14 @@
 //! What the kernel can tell about a process: resident memory, CPU time, file-descriptor limits.
+//!
+//! `/proc/PID/{stat,status}` are read and parsed by the `procfs` crate; the limit is read and
+//! raised through `rustix`'s safe `getrlimit`/`setrlimit`. This file only picks the fields
+//! ws-bench reports and puts them in its units (seconds, bytes, percent of a core).
 
 use std::io;
 use std::time::Duration;
+
+use procfs::process::{Process, Stat, Status};
+use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
 
 /// CPU time a process has used so far, user and system, in seconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -24,94 +31,68 @@ impl CpuTimes {
 /// Root may raise the hard limit too (up to `fs.nr_open`, 1,048,576 by default); anyone else gets
 /// the soft limit lifted to the hard one.
 pub fn raise_nofile() -> io::Result<u64> {
-    // SAFETY: getrlimit/setrlimit only read and write the struct we hand them.
-    unsafe {
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let wanted: libc::rlim_t = 1 << 20;
-        if lim.rlim_max < wanted {
-            let both = libc::rlimit {
-                rlim_cur: wanted,
-                rlim_max: wanted,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &both) == 0 {
-                return Ok(wanted);
-            }
-        }
-        let soft = libc::rlimit {
-            rlim_cur: lim.rlim_max,
-            rlim_max: lim.rlim_max,
-        };
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &soft) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(lim.rlim_max)
+    // No maximum means unlimited.
+    let hard = getrlimit(Resource::Nofile).maximum.unwrap_or(u64::MAX);
+    let wanted: u64 = 1 << 20;
+    if hard < wanted && set_nofile(wanted, wanted).is_ok() {
+        return Ok(wanted);
+    }
+    set_nofile(hard, hard)?;
+    Ok(hard)
+}
+
+fn set_nofile(soft: u64, hard: u64) -> io::Result<()> {
+    let limit = |n: u64| (n != u64::MAX).then_some(n);
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: limit(soft),
+            maximum: limit(hard),
+        },
+    )
+    .map_err(io::Error::from)
+}
+
+fn process(pid: Option<i32>) -> Option<Process> {
+    match pid {
+        Some(p) => Process::new(p).ok(),
+        None => Process::myself().ok(),
     }
 }
 
-fn clock_ticks() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 {
-        t as f64
-    } else {
-        100.0
+/// utime and stime of a parsed `/proc/PID/stat`, in seconds.
+fn cpu_times(stat: &Stat, ticks_per_second: u64) -> CpuTimes {
+    let ticks = ticks_per_second.max(1) as f64;
+    CpuTimes {
+        user: stat.utime as f64 / ticks,
+        sys: stat.stime as f64 / ticks,
     }
 }
 
-/// Parses utime and stime (fields 14 and 15) out of a `/proc/PID/stat` line.
-///
-/// The command name (field 2) may hold spaces and parentheses, so fields are counted from the
-/// last `)`.
-pub fn parse_stat(text: &str, ticks: f64) -> Option<CpuTimes> {
-    let rest = &text[text.rfind(')')? + 1..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // After the `)`: f[0] is field 3 (state), so field N is f[N - 3].
-    let utime: f64 = f.get(11)?.parse().ok()?;
-    let stime: f64 = f.get(12)?.parse().ok()?;
-    Some(CpuTimes {
-        user: utime / ticks,
-        sys: stime / ticks,
-    })
+/// `VmRSS` of a parsed `/proc/PID/status`, in bytes.
+fn rss_bytes(status: &Status) -> Option<u64> {
+    status.vmrss.map(|kib| kib * 1024)
 }
 
-/// Parses `VmRSS` (bytes) out of `/proc/PID/status`.
-pub fn parse_status_rss(text: &str) -> Option<u64> {
-    let line = text.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
+/// `VmHWM` (peak RSS) of a parsed `/proc/PID/status`, in bytes.
+fn peak_rss_bytes(status: &Status) -> Option<u64> {
+    status.vmhwm.map(|kib| kib * 1024)
 }
 
-/// Parses `VmHWM` (peak RSS, bytes) out of `/proc/PID/status`.
-pub fn parse_status_hwm(text: &str) -> Option<u64> {
-    let line = text.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
-
+/// CPU time of process `pid` (this process if `None`) from `/proc/PID/stat`.
 pub fn proc_cpu(pid: Option<i32>) -> Option<CpuTimes> {
-    let path = match pid {
-        Some(p) => format!("/proc/{p}/stat"),
-        None => "/proc/self/stat".to_string(),
-    };
-    parse_stat(&std::fs::read_to_string(path).ok()?, clock_ticks())
+    let stat = process(pid)?.stat().ok()?;
+    Some(cpu_times(&stat, procfs::ticks_per_second()))
 }
 
+/// Resident memory of process `pid` (this process if `None`) from `/proc/PID/status`.
 pub fn proc_rss(pid: Option<i32>) -> Option<u64> {
-    let path = match pid {
-        Some(p) => format!("/proc/{p}/status"),
-        None => "/proc/self/status".to_string(),
-    };
-    parse_status_rss(&std::fs::read_to_string(path).ok()?)
+    rss_bytes(&process(pid)?.status().ok()?)
 }
 
+/// This process's peak resident memory.
 pub fn self_peak_rss() -> Option<u64> {
-    parse_status_hwm(&std::fs::read_to_string("/proc/self/status").ok()?)
+    peak_rss_bytes(&process(None)?.status().ok()?)
 }
 
 /// Cores this process may run on (honours `taskset`).
@@ -134,13 +115,19 @@ pub fn pct(cpu_seconds: f64, wall: Duration) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use procfs::FromRead;
 
     #[test]
     fn stat_with_spaces_and_parens_in_comm() {
-        let line = "1234 (tokio (rt) w) S 1 1234 1234 0 -1 4194560 500 0 0 0 250 75 0 0 20 0 4 0 100 1000 200";
-        let t = parse_stat(line, 100.0).unwrap();
+        // A real /proc/PID/stat line with the command name replaced: fields after it are counted
+        // from the last `)`, so utime (250) and stime (75) must still be found.
+        let line = "1234 (tokio (rt) w) S 1 1234 1234 0 -1 4194560 500 0 0 0 250 75 0 0 20 0 4 0 \
+                    100 1000 200 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 0 0 0 0 0 0 \
+                    0 0 0 0 0 0 0 0";
+        let stat = Stat::from_read(line.as_bytes()).unwrap();
+        assert_eq!(stat.comm, "tokio (rt) w");
         assert_eq!(
-            t,
+            cpu_times(&stat, 100),
             CpuTimes {
                 user: 2.5,
                 sys: 0.75
@@ -150,23 +137,38 @@ mod tests {
 
     #[test]
     fn status_rss() {
-        let s = "Name:\trust-ws\nVmHWM:\t   20480 kB\nVmRSS:\t    8192 kB\nThreads:\t3\n";
-        assert_eq!(parse_status_rss(s), Some(8192 * 1024));
-        assert_eq!(parse_status_hwm(s), Some(20480 * 1024));
-        assert_eq!(parse_status_rss("Name: x\n"), None);
+        let status = "Name:\trust-ws\nUmask:\t0022\nState:\tS (sleeping)\nTgid:\t7\nNgid:\t0\n\
+             Pid:\t7\nPPid:\t1\nTracerPid:\t0\nUid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\nFDSize:\t64\n\
+             Groups:\t \nVmPeak:\t   30000 kB\nVmSize:\t   30000 kB\nVmHWM:\t   20480 kB\n\
+             VmRSS:\t    8192 kB\nThreads:\t3\nSigQ:\t0/96364\nSigPnd:\t0000000000000000\n\
+             ShdPnd:\t0000000000000000\nSigBlk:\t0000000000000000\nSigIgn:\t0000000000001000\n\
+             SigCgt:\t0000000000000440\nCapInh:\t0000000000000000\nCapPrm:\t000001fffeffffff\n\
+             CapEff:\t000001fffeffffff\n";
+        let s = Status::from_read(status.as_bytes()).unwrap();
+        assert_eq!(rss_bytes(&s), Some(8192 * 1024));
+        assert_eq!(peak_rss_bytes(&s), Some(20480 * 1024));
+        // A kernel thread has no memory lines at all.
+        let kthread = status.replace("VmRSS:\t    8192 kB\n", "");
+        let s = Status::from_read(kthread.as_bytes()).unwrap();
+        assert_eq!(rss_bytes(&s), None);
     }
 
     #[test]
     fn own_process_is_readable() {
-        assert!(proc_rss(None).unwrap() > 0);
+        let rss = proc_rss(None).unwrap();
+        assert!(rss > 0);
+        // The peak, read after, is at least what was resident before.
+        assert!(self_peak_rss().unwrap() >= rss);
         assert!(proc_cpu(None).is_some());
         assert!(usable_cores() >= 1);
+        assert!(proc_rss(Some(i32::MAX)).is_none(), "no such process");
     }
 
     #[test]
     fn nofile_can_be_raised() {
         let n = raise_nofile().unwrap();
         assert!(n >= 1024, "soft limit {n}");
+        assert_eq!(getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX), n);
     }
 
     #[test]

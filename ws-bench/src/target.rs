@@ -2,12 +2,15 @@
 //!
 //! ws-bench opens thousands of sockets as fast as it can. Pointed at a host that is not this
 //! machine that is a flood, so any address outside 127.0.0.0/8 and ::1 is refused up front.
+//! The `url` crate reads the URL; this file decides whether it is a place load may go.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
+use url::{Host, Url};
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Target {
-    /// The host as written in the URL (`127.0.0.1`, `localhost`, `[::1]`), for the Host header.
+    /// The host as the URL names it (`127.0.0.1`, `localhost`, `[::1]`), for the Host header.
     pub host: String,
     pub addr: SocketAddr,
     /// Path and query, always starting with `/`.
@@ -16,43 +19,47 @@ pub struct Target {
 
 impl Target {
     /// Parses `scheme://host[:port][/path]` and insists the host is a loopback address.
-    pub fn parse(url: &str, scheme: &str) -> Result<Target, String> {
-        let prefix = format!("{scheme}://");
-        let rest = url
-            .strip_prefix(&prefix)
-            .ok_or_else(|| format!("{url:?}: expected a {scheme}:// URL"))?;
-        let (authority, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, "/"),
-        };
-        let default_port = if scheme == "ws" || scheme == "http" {
-            80
-        } else {
-            443
-        };
-        let (host, port) = split_host_port(authority, default_port)
-            .ok_or_else(|| format!("{url:?}: cannot read host and port"))?;
-        let ip: IpAddr = if host.eq_ignore_ascii_case("localhost") {
-            IpAddr::V4(Ipv4Addr::LOCALHOST)
-        } else {
-            host.trim_start_matches('[')
-                .trim_end_matches(']')
-                .parse()
-                .map_err(|_| format!("{url:?}: host must be an IP address or localhost"))?
+    pub fn parse(raw: &str, scheme: &str) -> Result<Target, String> {
+        let url = Url::parse(raw).map_err(|e| format!("{raw:?}: not a {scheme}:// URL ({e})"))?;
+        if url.scheme() != scheme {
+            return Err(format!("{raw:?}: expected a {scheme}:// URL"));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(format!("{raw:?}: a user name or password is not supported"));
+        }
+        let ip = match url.host() {
+            Some(Host::Ipv4(ip)) => IpAddr::V4(ip),
+            Some(Host::Ipv6(ip)) => IpAddr::V6(ip),
+            Some(Host::Domain(d)) if d.eq_ignore_ascii_case("localhost") => {
+                IpAddr::V4(Ipv4Addr::LOCALHOST)
+            }
+            Some(Host::Domain(_)) | None => {
+                return Err(format!("{raw:?}: host must be an IP address or localhost"))
+            }
         };
         if !ip.is_loopback() {
             return Err(format!(
-                "{url:?}: ws-bench only sends load to loopback (127.0.0.0/8, ::1), not {ip}"
+                "{raw:?}: ws-bench only sends load to loopback (127.0.0.0/8, ::1), not {ip}"
             ));
         }
+        // ws and http are special schemes to `url`: both have a default port (80) and a path
+        // that starts with `/`.
+        let port = url
+            .port_or_known_default()
+            .ok_or_else(|| format!("{raw:?}: no port"))?;
+        let path = match url.query() {
+            Some(q) => format!("{}?{q}", url.path()),
+            None => url.path().to_string(),
+        };
         Ok(Target {
-            host: host.to_string(),
+            host: url.host_str().unwrap_or_default().to_string(),
             addr: SocketAddr::new(ip, port),
-            path: path.to_string(),
+            path,
         })
     }
 
-    /// The `ws://` URI for a given room (or the default room).
+    /// The `ws://` URI for a given room (or the default room). Room names are ws-bench's own
+    /// (`bench-3`, `bench-s-7`): URL-safe, so they go in as they are.
     pub fn ws_uri(&self, room: Option<&str>) -> String {
         let sep = if self.path.contains('?') { '&' } else { '?' };
         match room {
@@ -66,22 +73,6 @@ impl Target {
             ),
             None => format!("ws://{}:{}{}", self.host, self.addr.port(), self.path),
         }
-    }
-}
-
-fn split_host_port(authority: &str, default_port: u16) -> Option<(&str, u16)> {
-    if authority.starts_with('[') {
-        let end = authority.find(']')?;
-        let host = &authority[..=end];
-        let port = match &authority[end + 1..] {
-            "" => default_port,
-            p => p.strip_prefix(':')?.parse().ok()?,
-        };
-        return Some((host, port));
-    }
-    match authority.rsplit_once(':') {
-        Some((h, p)) => Some((h, p.parse().ok()?)),
-        None => Some((authority, default_port)),
     }
 }
 
@@ -99,11 +90,25 @@ mod tests {
 
         let t = Target::parse("ws://localhost:8001/ws", "ws").unwrap();
         assert_eq!(t.addr.ip(), IpAddr::V4(Ipv4Addr::LOCALHOST));
+        assert_eq!(t.host, "localhost");
         let t = Target::parse("ws://[::1]:8001/ws", "ws").unwrap();
         assert_eq!(t.addr, "[::1]:8001".parse().unwrap());
+        assert_eq!(t.ws_uri(None), "ws://[::1]:8001/ws");
         let t = Target::parse("http://127.0.0.2:9/metrics", "http").unwrap();
         assert_eq!(t.addr.port(), 9);
         assert_eq!(t.path, "/metrics");
+    }
+
+    #[test]
+    fn defaults_and_queries() {
+        let t = Target::parse("ws://127.0.0.1", "ws").unwrap();
+        assert_eq!((t.addr.port(), t.path.as_str()), (80, "/"));
+        let t = Target::parse("ws://127.0.0.1:8000/ws?token=a", "ws").unwrap();
+        assert_eq!(t.path, "/ws?token=a");
+        assert_eq!(
+            t.ws_uri(Some("r1")),
+            "ws://127.0.0.1:8000/ws?token=a&room=r1"
+        );
     }
 
     #[test]
@@ -117,7 +122,16 @@ mod tests {
             let e = Target::parse(url, "ws").unwrap_err();
             assert!(e.contains("loopback"), "{url}: {e}");
         }
-        assert!(Target::parse("ws://example.com/ws", "ws").is_err());
-        assert!(Target::parse("http://127.0.0.1/ws", "ws").is_err());
+        let e = Target::parse("ws://example.com/ws", "ws").unwrap_err();
+        assert!(e.contains("IP address or localhost"), "{e}");
+        let e = Target::parse("http://127.0.0.1/ws", "ws").unwrap_err();
+        assert!(e.contains("expected a ws:// URL"), "{e}");
+        for bad in [
+            "127.0.0.1:8000/ws",
+            "ws://127.0.0.1:99999/ws",
+            "ws://u:p@127.0.0.1/ws",
+        ] {
+            assert!(Target::parse(bad, "ws").is_err(), "{bad}");
+        }
     }
 }

@@ -1,9 +1,21 @@
 //! One WebSocket connection: its own task, reading frames and writing its outbound queue.
 //!
+//! Twin: python-ws/python_ws/connection.py.
+//!
+//! [`Ending`] is the one place that decides how a session ended, which close frame answers it
+//! and which `ws_closed_conns_errors_total` reason (if any) it counts.
+//!
 //! Rocket runs an upgrade's I/O handler inside the task that owns the HTTP request, so a session
-//! run there keeps the whole request alive (about 28 KB per connection, shared/MEASURED.md). The
-//! handler here spawns the session as a detached task and returns at once; shutdown reaches the
-//! detached task through its outbox (`Hub::shutdown`), not through Rocket's request.
+//! run there keeps the whole request alive (about 28 KB per connection; bench/README.md, "Design
+//! figures"). The handler here spawns the session as a detached task and returns at once;
+//! shutdown reaches the detached task through its outbox (`Hub::shutdown`), not through Rocket's
+//! request. The session runs on tokio-tungstenite 0.28 rather than rocket_ws's own stream
+//! (tungstenite 0.21, whose read buffers are fixed and larger) so that [`ws_config`] can size the
+//! read buffer at 4 KiB.
+//!
+//! Beneath tungstenite the socket has two I/O layers: `SentCounter` (counts
+//! `ws_messages_sent_total` as frames reach the socket) over `CodelessClose` (answers a
+//! code-less close with 1000).
 
 use std::io;
 use std::pin::Pin;
@@ -20,13 +32,14 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
-use crate::close_fix::CloseFix;
+use crate::codeless_close::CodelessClose;
 use crate::hub::{Kill, Next, Outbox, Room};
 use crate::metrics::CloseReason;
 use crate::protocol::{self, Kind};
+use crate::sent_counter::SentCounter;
 use crate::{log_debug, Server, Slot};
 
-type Ws = WebSocketStream<CloseFix<IoStream>>;
+type Ws = WebSocketStream<SentCounter<CodelessClose<IoStream>>>;
 
 /// Most queued messages written before one flush.
 const WRITE_BATCH: u64 = 64;
@@ -144,8 +157,8 @@ impl Session {
         let server = &self.server;
         let metrics = &server.metrics;
         let mut ws = WebSocketStream::from_raw_socket(
-            // Counts ws_messages_sent_total as frames reach the socket (see close_fix).
-            CloseFix::new(io, metrics.sent.clone()),
+            // Counts ws_messages_sent_total as frames reach the socket (see sent_counter).
+            SentCounter::new(CodelessClose::new(io), metrics.sent.clone()),
             Role::Server,
             Some(ws_config(server.config.max_message_bytes)),
         )
@@ -214,7 +227,7 @@ impl Drop for OpenGauge<'_> {
 /// The closing handshake each ending calls for; true if our close frame (and so everything
 /// queued before it) was written. Every wait is bounded.
 ///
-/// `ws_messages_sent_total` doesn't depend on the result: `CloseFix` counts each message as the
+/// `ws_messages_sent_total` doesn't depend on the result: `SentCounter` counts each message as the
 /// socket takes the last byte of its frame, on whichever path that happens.
 async fn close(ws: &mut Ws, ending: Ending) -> bool {
     match ending {
@@ -403,7 +416,7 @@ impl Conn<'_> {
                     Some(Ok(Message::Close(frame))) => {
                         if frame.is_none() {
                             // Our reply must carry 1000, not tungstenite's empty echo.
-                            ws.get_mut().answer_empty_close_with_1000();
+                            ws.get_mut().inner_mut().answer_empty_close_with_1000();
                         }
                         return Ending::ClientClosed;
                     }
@@ -422,7 +435,7 @@ impl Conn<'_> {
     /// keepalive deadline interrupts a write stuck behind a client that doesn't read; what was
     /// handed to tungstenite stays in its buffer and goes out with the next flush or close.
     ///
-    /// Nothing is counted here: `ws_messages_sent_total` moves in `CloseFix` as each message's
+    /// Nothing is counted here: `ws_messages_sent_total` moves in `SentCounter` as each message's
     /// frame reaches the socket, because an interrupted write's leftovers are flushed later by a
     /// read, a ping or the close frame (or dropped with the connection), not by this function.
     async fn write(
@@ -509,5 +522,75 @@ impl Conn<'_> {
         metrics.handling.observe(start.elapsed().as_secs_f64());
         metrics.received_invalid.inc();
         self.push_own(payload);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only abnormal endings count a reason; a client's close and the server's shutdown don't.
+    #[test]
+    fn each_ending_counts_its_own_reason() {
+        let cases = [
+            (Ending::ClientClosed, None),
+            (Ending::Shutdown, None),
+            (Ending::Abnormal, Some(CloseReason::Abnormal)),
+            (
+                Ending::Protocol(CloseCode::Protocol),
+                Some(CloseReason::Protocol),
+            ),
+            (
+                Ending::Protocol(CloseCode::Invalid),
+                Some(CloseReason::Protocol),
+            ),
+            (Ending::TooLarge, Some(CloseReason::TooLarge)),
+            (Ending::SlowConsumer, Some(CloseReason::SlowConsumer)),
+            (Ending::PingTimeout, Some(CloseReason::PingTimeout)),
+            (Ending::SendFailed, Some(CloseReason::SendFailed)),
+        ];
+        for (ending, reason) in cases {
+            assert_eq!(ending.reason(), reason, "{ending:?}");
+        }
+        assert_eq!(Ending::from(Kill::SlowConsumer), Ending::SlowConsumer);
+        assert_eq!(Ending::from(Kill::Shutdown), Ending::Shutdown);
+    }
+
+    #[test]
+    fn read_errors_map_to_endings() {
+        use tokio_tungstenite::tungstenite::error::CapacityError;
+        let too_big = WsError::Capacity(CapacityError::MessageTooLong {
+            size: 2,
+            max_size: 1,
+        });
+        assert_eq!(classify(&too_big), Ending::TooLarge);
+        let eof = WsError::Io(io::ErrorKind::UnexpectedEof.into());
+        assert_eq!(classify(&eof), Ending::Abnormal);
+        let reset = WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake);
+        assert_eq!(classify(&reset), Ending::Abnormal);
+        let bad_utf8 = WsError::Utf8("invalid utf-8".into());
+        assert_eq!(classify(&bad_utf8), Ending::Protocol(CloseCode::Invalid));
+        let rsv = WsError::Protocol(ProtocolError::NonZeroReservedBits);
+        assert_eq!(classify(&rsv), Ending::Protocol(CloseCode::Protocol));
+    }
+
+    /// The keepalive timer: next ping one interval after the last; once a ping is out, the
+    /// deadline is the timeout after it, not the next interval.
+    #[test]
+    fn keepalive_deadline_follows_the_outstanding_ping() {
+        let t0 = Instant::now();
+        let mut k = Keepalive {
+            interval: Duration::from_secs(20),
+            timeout: Duration::from_secs(5),
+            last_ping: t0,
+            awaiting_since: None,
+        };
+        assert_eq!(k.deadline(), t0 + Duration::from_secs(20));
+        let sent = t0 + Duration::from_secs(20);
+        k.last_ping = sent;
+        k.awaiting_since = Some(sent);
+        assert_eq!(k.deadline(), sent + Duration::from_secs(5));
+        k.awaiting_since = None; // the pong came
+        assert_eq!(k.deadline(), sent + Duration::from_secs(20));
     }
 }

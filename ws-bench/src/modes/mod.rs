@@ -1,0 +1,74 @@
+//! The four load shapes, one module each, and the context every one of them is handed.
+//!
+//! `main` builds a [`Ctx`] from the command line and calls one mode; the mode returns a finished
+//! [`Report`]. What the modes share lives beside them: [`runner`] spawns the connection tasks,
+//! collects their first connects and tells them when to go and stop; [`meter`] measures the
+//! window (CPU and RSS of both sides) and writes the notes every row carries.
+//!
+//! Every connection is one tokio task. Tasks connect under a shared semaphore (so a storm never
+//! exceeds `--connect-concurrency` handshakes in flight). Every loop ends by a deadline, and
+//! every wait has a timeout.
+
+mod broadcast;
+mod echo;
+mod hold;
+mod meter;
+mod runner;
+mod sessions;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::client::{self, Conn, Fail};
+use crate::probe::Probe;
+use crate::report::{Report, SharedHist};
+use crate::sys;
+use crate::target::Target;
+
+pub use broadcast::{broadcast, BroadcastOpts};
+pub use echo::{echo, EchoOpts};
+pub use hold::{hold, HoldOpts};
+pub use sessions::{sessions, SessionOpts};
+
+/// What every mode needs.
+#[derive(Clone)]
+pub struct Ctx {
+    pub target: Target,
+    pub probe: Probe,
+    pub cfg: WebSocketConfig,
+    pub connect_timeout: Duration,
+    pub connect_sem: Arc<Semaphore>,
+    pub text: String,
+    pub threads: usize,
+    pub label: String,
+}
+
+impl Ctx {
+    /// One connect (handshake and welcome) under the shared semaphore; its time goes into `hist`.
+    async fn connect(&self, room: Option<&str>, hist: &SharedHist) -> Result<Conn, Fail> {
+        let _permit = self
+            .connect_sem
+            .acquire()
+            .await
+            .map_err(|_| Fail::new("internal", "semaphore closed"))?;
+        let t = Instant::now();
+        let c = client::connect(&self.target, room, self.cfg, self.connect_timeout).await?;
+        hist.recorder().record(t.elapsed().as_micros() as u64);
+        Ok(c)
+    }
+
+    /// A report with what is known before the run: who ran what, where, on how many threads.
+    fn report(&self, mode: &str) -> Report {
+        Report {
+            label: self.label.clone(),
+            mode: mode.into(),
+            url: self.target.ws_uri(None),
+            client_threads: self.threads as u64,
+            client_cores: sys::usable_cores() as u64,
+            ..Default::default()
+        }
+    }
+}
