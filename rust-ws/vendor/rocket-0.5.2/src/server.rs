@@ -12,6 +12,8 @@ use futures::stream::StreamExt;
 use futures::future::{FutureExt, Future, BoxFuture};
 use http_body_util::{Either, Empty, StreamBody};
 use hyper_util::rt::TokioIo;
+// wslab patch (see rust-ws/vendor/README.md): the timer hyper needs for its header read timeout.
+use hyper_util::rt::TokioTimer as HeaderReadTimer;
 
 #[cfg(feature = "http2")]
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -102,6 +104,9 @@ async fn hyper_service_fn(
         let (h_parts, mut h_body) = hyp_req.into_parts();
         match Request::from_hyp(&rocket, &h_parts, Some(conn)) {
             Ok(mut req) => {
+                // wslab patch: the request's HTTP version, for routes that need it (a WebSocket
+                // upgrade needs HTTP/1.1); read it with `req.local_cache(|| Version::HTTP_11)`.
+                req.local_cache(move || version);
                 // Convert into Rocket `Data`, dispatch request, write response.
                 let mut data = Data::from(&mut h_body);
                 let token = rocket.preprocess_request(&mut req, &mut data).await;
@@ -636,9 +641,16 @@ impl Rocket<Orbit> {
         let http1 = &mut builder;
 
         let keep_alive = self.config.keep_alive;
+        // wslab patch: hyper's header read timeout from the `wslab_header_read_timeout` key
+        // (seconds), where Rocket always sets none.
+        let header_read_timeout = self.figment()
+            .extract_inner::<u64>("wslab_header_read_timeout")
+            .ok()
+            .map(Duration::from_secs);
         http1.keep_alive(keep_alive != 0)
             .preserve_header_case(true)
-            .header_read_timeout(None);
+            .timer(HeaderReadTimer::new())
+            .header_read_timeout(header_read_timeout);
 
         #[cfg(feature = "http2")]
         builder.http2()
