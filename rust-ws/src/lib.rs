@@ -9,15 +9,15 @@
 //! | module | job |
 //! |---|---|
 //! | `config` | `WS_*`/`LOG_LEVEL` parsing and ranges (exit 2 lives in main.rs) |
-//! | `routes` | `/ws` upgrade checks (room 400, capacity 503), `/metrics`, `/healthz` |
+//! | `routes` | `/ws` upgrade checks (400: room, HTTP/1.0, key, body; 503: capacity), `/metrics`, `/healthz` |
 //! | `connection` | one session: read loop, writer, keepalive, `Ending` |
 //! | `hub` | rooms, membership, fan-out, outboxes, eviction, shutdown kill |
 //! | `protocol` | parse, validate, serialise, error details |
 //! | `metrics` | the metric families and their rendering |
 //! | `healthcheck` | the `--healthcheck` client |
-//! | `log` | the log level and macros |
+//! | `log` | the log level and macros; Rocket's accept errors as one warning per 10 s |
 //! | `listen_backlog` | workaround: Rocket/mio listen with 128, PROTOCOL.md asks 1024 |
-//! | `codeless_close` | workaround: tungstenite echoes a code-less close without 1000 |
+//! | `codeless_close` | workaround: tungstenite's close echo (code-less → 1000, refused codes counted, 1014 echoed) |
 //! | `sent_counter` | `ws_messages_sent_total`, counted as frames reach the socket |
 
 use std::net::SocketAddr;

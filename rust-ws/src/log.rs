@@ -90,8 +90,14 @@ fn accept_error(text: &str) {
         0 => String::new(),
         n => format!("; {n} more since the last warning"),
     };
+    // Rocket's text is "accept error {error}; recovery attempt in {n}ms".
+    let rest = text.strip_prefix("accept error ").unwrap_or(text);
+    let (error, pause) = rest
+        .split_once("; recovery attempt in ")
+        .unwrap_or((rest, "a moment"));
     crate::log_warn!(
-        "{text}: at {}; not accepting for 0.25 s, open connections are served as usual{more}",
+        "accept failed: {error}: at {}; not accepting for {pause}, open connections are served \
+         as usual{more}",
         describe_limit(text)
     );
 }
