@@ -4,6 +4,9 @@ these from support.py) and python-ws's own tests (python-ws/tests).
 
 - `RawWS`: a hand-rolled WebSocket client on a plain socket, for what a well-behaved library
   client cannot do: stop reading, never answer pings, send bad frames, reset the TCP connection.
+- `upgrade_request`, `raw_http`: an upgrade request built byte by byte (any HTTP version, key,
+  extra or missing header) and the server's answer to raw bytes, for requests no HTTP library
+  will send.
 - `parse_metrics`, `sample`, `le_value`: Prometheus text format 0.0.4 into families that keep
   what the conformance parity test compares: the family name as HELP/TYPE spell it, help, type,
   label sets and `le` values as the exact strings each server printed. prometheus_client's own
@@ -177,6 +180,61 @@ class RawWS:
 
     def close(self) -> None:
         self.sock.close()
+
+
+# --- Raw HTTP ---------------------------------------------------------------------------------
+
+
+def upgrade_request(
+    port: int,
+    path: str = "/ws",
+    version: str = "HTTP/1.1",
+    key: str | None = None,
+    extra: str = "",
+) -> bytes:
+    """A WebSocket upgrade request as bytes: `key` defaults to a fresh valid one, `extra` is
+    appended to the headers as is (each line ending in CRLF)."""
+    key = base64.b64encode(os.urandom(16)).decode() if key is None else key
+    return (
+        f"GET {path} {version}\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+        f"{extra}\r\n"
+    ).encode()
+
+
+@dataclass
+class HttpAnswer:
+    """What the server answered to raw bytes: `status` is None when the connection ended (or the
+    timeout passed) before a complete response head."""
+
+    status: int | None
+    head: bytes
+    rest: bytes
+
+
+def raw_http(port: int, request: bytes, timeout: float = TIMEOUT) -> HttpAnswer:
+    """Send `request` on a fresh connection and read the response head (and what follows it in
+    the same reads), then close. Never raises for a reset or EOF: those give status None."""
+    buf = b""
+    deadline = time.monotonic() + timeout
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        try:
+            sock.sendall(request)
+            while b"\r\n\r\n" not in buf:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                sock.settimeout(remaining)
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+        except (TimeoutError, ConnectionResetError, BrokenPipeError):
+            pass
+    if b"\r\n\r\n" not in buf:
+        return HttpAnswer(None, buf, b"")
+    head, rest = buf.split(b"\r\n\r\n", 1)
+    return HttpAnswer(int(head.split(b" ", 2)[1]), head, rest)
 
 
 # --- Prometheus text format -------------------------------------------------------------------

@@ -21,6 +21,7 @@ import tornado.httpserver
 import tornado.netutil
 
 from . import SERVER_NAME, __version__
+from .accept import Acceptor
 from .app import make_app
 from .config import LOG_LEVELS, Config, ConfigError, from_env
 
@@ -35,8 +36,15 @@ SHUTDOWN_GRACE_SECS = 3.0
 async def main(config: Config, sockets: list[socket.socket]) -> None:
     """Serve on already bound `sockets` until SIGTERM or SIGINT."""
     app = make_app(config)
-    server = tornado.httpserver.HTTPServer(app, xheaders=False)
-    server.add_sockets(sockets)
+    # Tornado's header timeout is `idle_connection_timeout`: the time the request line and headers
+    # have from the moment the connection is accepted (and between keep-alive requests); past it
+    # the connection is closed without an answer. Its default is an hour.
+    server = tornado.httpserver.HTTPServer(
+        app, xheaders=False, idle_connection_timeout=config.header_timeout_secs
+    )
+    # Not server.add_sockets: Tornado's accept handler spins when out of file descriptors.
+    acceptor = Acceptor(server, sockets)
+    acceptor.start()
     port = sockets[0].getsockname()[1]
     log.info(
         "%s %s listening on %s:%d backlog=%d pid=%d config: %s",
@@ -63,7 +71,8 @@ async def main(config: Config, sockets: list[socket.socket]) -> None:
     await stop.wait()
 
     log.info("shutting down: closing %d connections with 1001", len(app.hub.connections))
-    server.stop()  # stop accepting
+    acceptor.stop()  # stop accepting
+    server.stop()
     app.hub.shutdown()
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(app.hub.wait_empty(), timeout=SHUTDOWN_GRACE_SECS)

@@ -35,6 +35,7 @@ class Config:
     ping_interval_secs: int = 20
     ping_timeout_secs: int = 20
     max_connections: int = 0
+    header_timeout_secs: int = 10
     log_level: str = "info"
 
     def describe(self) -> str:
@@ -77,5 +78,8 @@ def from_env(env: Mapping[str, str]) -> Config:
         ping_interval_secs=_int(env, "WS_PING_INTERVAL_SECS", Config.ping_interval_secs, 0, 3600),
         ping_timeout_secs=_int(env, "WS_PING_TIMEOUT_SECS", Config.ping_timeout_secs, 1, 3600),
         max_connections=_int(env, "WS_MAX_CONNECTIONS", Config.max_connections, 0, None),
+        header_timeout_secs=_int(
+            env, "WS_HEADER_TIMEOUT_SECS", Config.header_timeout_secs, 1, 3600
+        ),
         log_level=level.lower(),
     )

@@ -1,18 +1,21 @@
 """The HTTP routes: GET /ws with its checks before the upgrade, /metrics, /healthz, and 404.
 
 Tornado makes the WebSocket route's handler class the session too, so `WsRoute` is the session
-(`connection.Connection`) plus what belongs to the route: the room and capacity checks that answer
-400 or 503 before the upgrade, the Origin policy, and 404 for other methods. The route table is in
-`app.make_app`.
+(`connection.Connection`) plus what belongs to the route: the checks that answer 400 or 503 before
+the upgrade (PROTOCOL.md §2: the room, HTTP/1.1, the key, no body, capacity), the Origin policy,
+and 404 for other methods. The route table is in `app.make_app`.
 
 Twin: rust-ws/src/routes.rs
 """
 
 from __future__ import annotations
 
+import binascii
 import re
+from base64 import b64decode
 from typing import Any
 
+import tornado.httputil
 import tornado.web
 
 from .connection import Connection
@@ -26,10 +29,44 @@ def _not_found(self: tornado.web.RequestHandler, *args: Any, **kwargs: Any) -> N
     raise tornado.web.HTTPError(404)
 
 
+def _key_is_valid(key: str) -> bool:
+    """RFC 6455 §4.2.1: the key is base64 (with its padding) of exactly 16 bytes."""
+    try:
+        return len(b64decode(key, validate=True)) == 16
+    except (binascii.Error, ValueError):
+        return False
+
+
+def upgrade_refusal(request: tornado.httputil.HTTPServerRequest) -> str | None:
+    """Why an upgrade request must get 400 before Tornado looks at it, or None.
+
+    Tornado upgrades all of these: over HTTP/1.0, with any key, and after reading a body (whose
+    bytes, chunked, could otherwise be taken for frames). A missing key or missing upgrade headers
+    are left to Tornado, which answers 400 itself.
+    """
+    rooms = request.query_arguments.get("room", [])
+    if len(rooms) > 1:
+        return "room given more than once\n"
+    if request.version == "HTTP/1.0":
+        return "WebSocket needs HTTP/1.1\n"
+    headers = request.headers
+    key = headers.get("Sec-WebSocket-Key")
+    if key is not None and not _key_is_valid(key):
+        return "Sec-WebSocket-Key must be base64 of 16 bytes\n"
+    if "Transfer-Encoding" in headers or headers.get("Content-Length", "0") != "0":
+        return "an upgrade request has no body\n"
+    return None
+
+
 class WsRoute(Connection):
-    """GET /ws: refuse bad rooms (400) and a full server (503) before the upgrade."""
+    """GET /ws: refuse bad requests and rooms (400) and a full server (503) before the upgrade."""
 
     async def get(self, *args: Any, **kwargs: Any) -> None:
+        refusal = upgrade_refusal(self.request)
+        if refusal is not None:
+            self.set_status(400)
+            self.finish(refusal)
+            return
         room = self.get_query_argument("room", DEFAULT_ROOM, strip=False)
         if not ROOM_RE.fullmatch(room):
             self.set_status(400)

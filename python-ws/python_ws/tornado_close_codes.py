@@ -2,11 +2,13 @@
 PROTOCOL.md §3 says, and tells its connection how they ended.
 
 Tornado 6.6 drops the TCP connection on a bad frame without a close code, accepts unmasked client
-frames, answers a close frame without a code with an empty close frame, after a 1009 resets the
-connection so the client may never see the code, and ends a keepalive timeout with a codeless
-`close(reason="ping timed out")` that waits 5 s for a peer that is gone. This subclass sends 1002
-or 1007, rejects unmasked frames, answers 1000, half-closes and drains before closing, and drops a
-silent peer at once.
+frames, answers a close frame without a code with an empty close frame, echoes any close code
+(0, 1005, 5000...), answers a 1-byte close payload with an empty close and drops the connection on
+a close reason that is not UTF-8, after a 1009 resets the connection so the client may never see
+the code, and ends a keepalive timeout with a codeless `close(reason="ping timed out")` that waits
+5 s for a peer that is gone. This subclass sends 1002 or 1007, rejects unmasked frames and invalid
+close frames, answers 1000, half-closes and drains before closing, and drops a silent peer at
+once. (Pongs need nothing here: Tornado 6.6 keeps at most one pending, `_send_pong`.)
 
 It knows nothing of rooms, queues or metrics: it reports what happened on the wire to its
 connection through `EndReport`, and `connection.Ending` decides what that counts as. It relies on
@@ -36,6 +38,26 @@ DRAIN_READ_BYTES = 65536
 DRAIN_MAX_READS = 4096
 
 OP_TEXT, OP_CLOSE, OP_PONG = 0x1, 0x8, 0xA
+
+
+def close_frame_problem(payload: bytes) -> tuple[int, str] | None:
+    """The close code and text to fail a client's close frame with, or None if it is valid.
+
+    PROTOCOL.md §3 (RFC 6455 §5.5.1, §7.4): no payload, or a code that may be sent (1000-1003,
+    1007-1014, 3000-4999) followed by a UTF-8 reason.
+    """
+    if not payload:
+        return None
+    if len(payload) == 1:
+        return 1002, "close frame with a 1-byte payload"
+    code = struct.unpack(">H", payload[:2])[0]
+    if not (1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999):
+        return 1002, "invalid close code"
+    try:
+        payload[2:].decode("utf-8")
+    except UnicodeDecodeError:
+        return 1007, "close reason is not UTF-8"
+    return None
 
 
 class EndReport(Protocol):
@@ -95,6 +117,12 @@ class CloseCodesProtocol(WebSocketProtocol13):
             return None
         if opcode == OP_PONG:
             self._pong_received = True
+        elif opcode == OP_CLOSE and not self.client_terminated:
+            problem = close_frame_problem(data)
+            if problem is not None:
+                # Tornado would echo the code, or fail on the reason and drop the connection.
+                self._fail_protocol(*problem)
+                return None
         self._handling_opcode = opcode
         try:
             return super()._handle_message(opcode, data)

@@ -26,6 +26,7 @@ def test_empty_counts_as_unset() -> None:
             "WS_PING_INTERVAL_SECS",
             "WS_PING_TIMEOUT_SECS",
             "WS_MAX_CONNECTIONS",
+            "WS_HEADER_TIMEOUT_SECS",
             "LOG_LEVEL",
         )
     }
@@ -42,10 +43,21 @@ def test_values() -> None:
             "WS_PING_INTERVAL_SECS": "0",
             "WS_PING_TIMEOUT_SECS": "3600",
             "WS_MAX_CONNECTIONS": "100000",
+            "WS_HEADER_TIMEOUT_SECS": "3600",
             "LOG_LEVEL": "WARN",
         }
     )
-    assert cfg == Config("::1", 0, 67108864, 1, 0, 3600, 100000, "warn")
+    assert cfg == Config(
+        host="::1",
+        port=0,
+        max_message_bytes=67108864,
+        send_queue=1,
+        ping_interval_secs=0,
+        ping_timeout_secs=3600,
+        max_connections=100000,
+        header_timeout_secs=3600,
+        log_level="warn",
+    )
 
 
 @pytest.mark.parametrize(

@@ -43,6 +43,8 @@ pub struct Config {
     pub ping_timeout_secs: u64,
     /// 0 means unlimited.
     pub max_connections: usize,
+    /// How long a connection has to send its request headers (PROTOCOL.md §2, Request deadline).
+    pub header_timeout_secs: u64,
     pub log_level: LogLevel,
 }
 
@@ -58,6 +60,7 @@ impl Default for Config {
             ping_interval_secs: 20,
             ping_timeout_secs: 20,
             max_connections: 0,
+            header_timeout_secs: 10,
             log_level: LogLevel::Info,
         }
     }
@@ -157,6 +160,13 @@ impl Config {
             usize::MAX as u64,
             "an integer >= 0 (0 = unlimited)",
         )? as usize;
+        let header_timeout_secs = num(
+            "WS_HEADER_TIMEOUT_SECS",
+            defaults.header_timeout_secs,
+            1,
+            3600,
+            "an integer from 1 to 3600",
+        )?;
 
         let log_level = match get("LOG_LEVEL") {
             None => defaults.log_level,
@@ -183,6 +193,7 @@ impl Config {
             ping_interval_secs,
             ping_timeout_secs,
             max_connections,
+            header_timeout_secs,
             log_level,
         })
     }

@@ -88,6 +88,8 @@ enum Ending {
     Abnormal,
     /// An invalid frame; the close code to answer with.
     Protocol(CloseCode),
+    /// A close frame with a code that must not be sent; tungstenite has queued its 1002 answer.
+    InvalidClose,
     TooLarge,
     SlowConsumer,
     PingTimeout,
@@ -109,7 +111,7 @@ impl Ending {
         match self {
             Ending::ClientClosed | Ending::Shutdown => None,
             Ending::Abnormal => Some(CloseReason::Abnormal),
-            Ending::Protocol(_) => Some(CloseReason::Protocol),
+            Ending::Protocol(_) | Ending::InvalidClose => Some(CloseReason::Protocol),
             Ending::TooLarge => Some(CloseReason::TooLarge),
             Ending::SlowConsumer => Some(CloseReason::SlowConsumer),
             Ending::PingTimeout => Some(CloseReason::PingTimeout),
@@ -231,9 +233,9 @@ impl Drop for OpenGauge<'_> {
 /// socket takes the last byte of its frame, on whichever path that happens.
 async fn close(ws: &mut Ws, ending: Ending) -> bool {
     match ending {
-        Ending::ClientClosed => {
-            // tungstenite has queued the echo of the client's close frame; reading on flushes it
-            // and ends the stream once the handshake is complete.
+        Ending::ClientClosed | Ending::InvalidClose => {
+            // tungstenite has queued the echo of the client's close frame (or its 1002 answer);
+            // reading on flushes it and ends the stream once the handshake is complete.
             matches!(timeout(CLOSE_DRAIN, drain(ws)).await, Ok(true))
         }
         Ending::Shutdown => {
@@ -414,9 +416,21 @@ impl Conn<'_> {
                         }
                     }
                     Some(Ok(Message::Close(frame))) => {
-                        if frame.is_none() {
+                        let io = ws.get_mut().inner_mut();
+                        // The code as the client sent it (tungstenite's frame has 1002 in place
+                        // of a code it refused), or None without a code.
+                        let sent = io.client_close_code().flatten();
+                        match sent {
                             // Our reply must carry 1000, not tungstenite's empty echo.
-                            ws.get_mut().inner_mut().answer_empty_close_with_1000();
+                            None if frame.is_none() => io.answer_empty_close_with_1000(),
+                            Some(code) if !protocol::close_code_may_be_sent(code) => {
+                                return Ending::InvalidClose;
+                            }
+                            // A valid code tungstenite refused (1014): echo it after all.
+                            Some(code) if frame.as_ref().is_some_and(|f| u16::from(f.code) != code) => {
+                                io.answer_refused_close_with(code);
+                            }
+                            _ => {}
                         }
                         return Ending::ClientClosed;
                     }

@@ -9,15 +9,15 @@
 //! | module | job |
 //! |---|---|
 //! | `config` | `WS_*`/`LOG_LEVEL` parsing and ranges (exit 2 lives in main.rs) |
-//! | `routes` | `/ws` upgrade checks (room 400, capacity 503), `/metrics`, `/healthz` |
+//! | `routes` | `/ws` upgrade checks (400: room, HTTP/1.0, key, body; 503: capacity), `/metrics`, `/healthz` |
 //! | `connection` | one session: read loop, writer, keepalive, `Ending` |
 //! | `hub` | rooms, membership, fan-out, outboxes, eviction, shutdown kill |
 //! | `protocol` | parse, validate, serialise, error details |
 //! | `metrics` | the metric families and their rendering |
 //! | `healthcheck` | the `--healthcheck` client |
-//! | `log` | the log level and macros |
+//! | `log` | the log level and macros; Rocket's accept errors as one warning per 10 s |
 //! | `listen_backlog` | workaround: Rocket/mio listen with 128, PROTOCOL.md asks 1024 |
-//! | `codeless_close` | workaround: tungstenite echoes a code-less close without 1000 |
+//! | `codeless_close` | workaround: tungstenite's close echo (code-less → 1000, refused codes counted, 1014 echoed) |
 //! | `sent_counter` | `ws_messages_sent_total`, counted as frames reach the socket |
 
 use std::net::SocketAddr;
@@ -110,7 +110,10 @@ pub fn figment(config: &Config) -> Figment {
         // Connection tasks close with 1001 within ~2.5 s; Rocket's own grace + mercy bound the
         // rest so the process exits within ~5 s of SIGTERM.
         .merge(("shutdown.grace", 2))
-        .merge(("shutdown.mercy", 1));
+        .merge(("shutdown.mercy", 1))
+        // Read by our patched Rocket (rust-ws/vendor/README.md): hyper's header read timeout,
+        // PROTOCOL.md §2's request deadline.
+        .merge(("wslab_header_read_timeout", config.header_timeout_secs));
     if let Some(host) = config.host {
         figment = figment.merge(("address", host.to_string()));
     }
@@ -132,6 +135,8 @@ pub fn figment(config: &Config) -> Figment {
 
 /// Builds the server: routes, state (`Arc<Metrics>`, `Arc<Server>`) and fairings.
 pub fn rocket(config: Config) -> Rocket<Build> {
+    // Before Rocket's own logger can take the slot (at ignite).
+    log::install_log_bridge();
     log::set_level(config.log_level);
     let metrics = Arc::new(Metrics::new());
     let server = Arc::new(Server::new(config.clone(), metrics.clone()));
@@ -151,7 +156,7 @@ pub fn rocket(config: Config) -> Rocket<Build> {
                 log_info!(
                     "listening on http://{} (server=rust-ws backlog={} WS_MAX_MESSAGE_BYTES={} \
                      WS_SEND_QUEUE={} WS_PING_INTERVAL_SECS={} WS_PING_TIMEOUT_SECS={} \
-                     WS_MAX_CONNECTIONS={} LOG_LEVEL={} workers={})",
+                     WS_MAX_CONNECTIONS={} WS_HEADER_TIMEOUT_SECS={} LOG_LEVEL={} workers={})",
                     SocketAddr::new(rc.address, rc.port),
                     listen_backlog::LISTEN_BACKLOG,
                     config.max_message_bytes,
@@ -159,6 +164,7 @@ pub fn rocket(config: Config) -> Rocket<Build> {
                     config.ping_interval_secs,
                     config.ping_timeout_secs,
                     config.max_connections,
+                    config.header_timeout_secs,
                     config.log_level.as_str(),
                     rc.workers,
                 );

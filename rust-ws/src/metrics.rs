@@ -156,14 +156,52 @@ impl Metrics {
             .get()
     }
 
-    /// The text exposition of every family.
+    /// The text exposition of every family, with the `le` strings of PROTOCOL.md §4.
     pub fn render(&self) -> String {
         let mut out = Vec::with_capacity(8 * 1024);
         // Encoding well-formed families into memory does not fail.
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)
             .expect("encoding metrics");
-        String::from_utf8(out).expect("metrics text is UTF-8")
+        let mut text = String::from_utf8(out).expect("metrics text is UTF-8");
+        for (theirs, ours) in LE_SPELLINGS.get_or_init(le_spellings) {
+            text = text.replace(theirs.as_str(), ours);
+        }
+        text
+    }
+}
+
+/// `le="…"` as the prometheus crate prints each bound (Rust's `Display`: `0.000005`, `1`), and as
+/// PROTOCOL.md §4 and python-ws print it, for the bounds where the two differ.
+static LE_SPELLINGS: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
+
+fn le_spellings() -> Vec<(String, String)> {
+    BUCKETS
+        .iter()
+        .map(|&b| (format!("le=\"{b}\""), format!("le=\"{}\"", canonical_le(b))))
+        .filter(|(theirs, ours)| theirs != ours)
+        .collect()
+}
+
+/// A bucket bound in the OpenMetrics canonical form Prometheus 3 normalises `le` to (and Python's
+/// `repr` prints): the shortest round-trip digits, exponent form below 1e-4 or from 1e16 with a
+/// signed exponent of at least two digits, and `.0` on whole numbers. Rust's `Debug` already picks
+/// the same digits and the same switch to exponent form (`5e-6`, `0.0001`, `1.0`); only the
+/// exponent is spelled differently.
+pub fn canonical_le(bound: f64) -> String {
+    if bound.is_infinite() {
+        return if bound > 0.0 { "+Inf" } else { "-Inf" }.to_string();
+    }
+    let debug = format!("{bound:?}");
+    match debug.split_once('e') {
+        None => debug,
+        Some((mantissa, exp)) => {
+            let (sign, digits) = match exp.strip_prefix('-') {
+                Some(d) => ('-', d),
+                None => ('+', exp),
+            };
+            format!("{mantissa}e{sign}{digits:0>2}")
+        }
     }
 }
 
@@ -251,6 +289,20 @@ mod tests {
     use super::*;
     use prometheus_parse::{LineInfo, Scrape, Value};
 
+    #[test]
+    fn le_strings_are_the_canonical_ones() {
+        let got: Vec<String> = BUCKETS.iter().map(|&b| canonical_le(b)).collect();
+        let want = [
+            "5e-06", "1e-05", "2.5e-05", "5e-05", "0.0001", "0.00025", "0.0005", "0.001", "0.0025",
+            "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1.0", "2.5",
+        ];
+        assert_eq!(got, want);
+        assert_eq!(canonical_le(f64::INFINITY), "+Inf");
+        assert_eq!(canonical_le(1e16), "1e+16");
+        assert_eq!(canonical_le(1.5e300), "1.5e+300");
+        assert_eq!(canonical_le(1e-100), "1e-100");
+    }
+
     fn scrape(m: &Metrics) -> Scrape {
         let text = m.render();
         Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("the exposition parses")
@@ -335,7 +387,9 @@ mod tests {
         // How bounds are spelled is not a number: compared as exposition lines.
         let text = m.render();
         for line in [
-            "ws_broadcast_duration_seconds_bucket{le=\"0.000005\"} 0",
+            "ws_broadcast_duration_seconds_bucket{le=\"5e-06\"} 0",
+            "ws_broadcast_duration_seconds_bucket{le=\"0.0001\"} 0",
+            "ws_broadcast_duration_seconds_bucket{le=\"1.0\"} 0",
             "ws_broadcast_duration_seconds_bucket{le=\"2.5\"} 0",
             "ws_broadcast_duration_seconds_bucket{le=\"+Inf\"} 0",
         ] {

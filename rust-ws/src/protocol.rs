@@ -19,11 +19,13 @@
 //!   back to a field would mean parsing serde's message text.
 //! - *`sent_at` 1.0 is invalid*, `1e3` too: serde_json keeps any number written with a fraction
 //!   or exponent as f64, and `Value::as_u64` is `None` for it, which is exactly "an integer".
+//!   The one integer literal serde_json also reads as f64 is `-0`; `parse` turns it into 0.
 //!
 //! What a `validator` derive would add (character-counted lengths and a range) is one
 //! comparison per field here, so the crate is not used.
 
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 /// The largest `sent_at` a client may send: 2^53 − 1, the largest integer a JSON number in
@@ -76,13 +78,46 @@ const TEXT_RULE: &str = "text: must be a string of 1-4096 characters";
 const REF_RULE: &str = "ref: must be null or a string of at most 64 characters";
 const SENT_AT_RULE: &str = "sent_at: must be null or an integer from 0 to 9007199254740991";
 
+/// Whether a client may send `code` in a close frame (PROTOCOL.md §3, RFC 6455 §7.4): 1000-1003,
+/// 1007-1014 and 3000-4999. Any other code is answered with 1002 and counted as a protocol error.
+pub fn close_code_may_be_sent(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
 /// Parses client text into JSON. Kept apart from [`validate`] because the message borrows from
 /// the returned value.
 pub fn parse(text: &str) -> Result<Value, ProtocolError> {
-    serde_json::from_str::<Value>(text).map_err(|e| ProtocolError {
+    let mut value = serde_json::from_str::<Value>(text).map_err(|e| ProtocolError {
         code: "invalid_json",
         detail: e.to_string(),
-    })
+    })?;
+    minus_zero_sent_at_is_zero(&mut value, text);
+    Ok(value)
+}
+
+/// PROTOCOL.md §3: the integer literal `-0` is a valid `sent_at` (0), `-0.0` is not. serde_json
+/// reads both as the float -0.0, so only the literal tells them apart: when `sent_at` came out as
+/// -0.0 (rare), read the raw text of the top-level `sent_at` again and turn a `-0` into 0. A map
+/// keeps the last of repeated keys, as `Value` does.
+fn minus_zero_sent_at_is_zero(value: &mut Value, text: &str) {
+    let Some(slot) = value.as_object_mut().and_then(|o| o.get_mut("sent_at")) else {
+        return;
+    };
+    let minus_zero = slot.is_f64()
+        && slot
+            .as_f64()
+            .is_some_and(|f| f == 0.0 && f.is_sign_negative());
+    if !minus_zero {
+        return;
+    }
+    let raw = serde_json::from_str::<std::collections::HashMap<String, &RawValue>>(text);
+    if raw.is_ok_and(|fields| {
+        fields
+            .get("sent_at")
+            .is_some_and(|r| r.get().trim() == "-0")
+    }) {
+        *slot = Value::from(0u64);
+    }
 }
 
 /// Applies the protocol's checks in its order; the first failure answers.
@@ -373,11 +408,31 @@ mod tests {
             "\"5\"",
             "9007199254740992",
             "[]",
+            "-0.0",
+            "-0e0",
+            "0.0",
         ] {
             let text = format!(r#"{{"type":"echo","user":"u","text":"t","sent_at":{bad}}}"#);
             let e = err(&text);
             assert!(e.detail.starts_with("sent_at: "), "{bad}: {}", e.detail);
         }
+    }
+
+    #[test]
+    fn sent_at_minus_zero_is_zero() {
+        for text in [
+            r#"{"type":"echo","user":"u","text":"t","sent_at":-0}"#,
+            r#"{"type":"echo","user":"u","text":"t","sent_at": -0 }"#,
+            // The last of repeated keys counts, in the check and in the value alike.
+            r#"{"type":"echo","user":"u","text":"t","sent_at":-0.0,"sent_at":-0}"#,
+        ] {
+            assert_eq!(check(text).expect(text).4, Some(0), "{text}");
+        }
+        let e = err(r#"{"type":"echo","user":"u","text":"t","sent_at":-0,"sent_at":-0.0}"#);
+        assert!(e.detail.starts_with("sent_at: "));
+        // A nested -0 is not the message's sent_at.
+        let e = err(r#"{"type":"echo","user":"u","text":"t","x":{"sent_at":-0},"sent_at":-0.0}"#);
+        assert!(e.detail.starts_with("sent_at: "));
     }
 
     #[test]

@@ -2,22 +2,24 @@
 //!
 //! Twin: python-ws/python_ws/routes.py.
 //!
-//! `/ws` answers 400 (no upgrade headers, invalid room) or 503 (at `WS_MAX_CONNECTIONS`) before
-//! the 101; after it, the session belongs to connection.rs. Anything else is Rocket's 404.
+//! `/ws` answers 400 (no upgrade headers, an invalid or repeated room, HTTP/1.0, a malformed
+//! `Sec-WebSocket-Key`, a body: [`UpgradeChecks`]) or 503 (at `WS_MAX_CONNECTIONS`) before the 101;
+//! after it, the session belongs to connection.rs. Anything else is Rocket's 404.
 
 use std::sync::Arc;
 
 use rocket::fairing::AdHoc;
+use rocket::http::hyper::Version;
 use rocket::http::uri::Origin;
 use rocket::http::Status;
-use rocket::request::Request;
+use rocket::request::{FromRequest, Outcome, Request};
 use rocket::response::{self, Responder, Response};
 use rocket::{get, routes, Route, State};
 
 use crate::connection::Session;
 use crate::metrics::{self, Metrics};
 use crate::protocol;
-use crate::Server;
+use crate::{log_debug, Server};
 
 /// Every route, for `mount("/", ...)`.
 pub fn all() -> Vec<Route> {
@@ -53,14 +55,69 @@ impl<'r> Responder<'r, 'static> for Upgrade {
     }
 }
 
+/// Why PROTOCOL.md §2 refuses an upgrade request with 400 that Rocket and rocket_ws would let
+/// through, if it does: `room` more than once (Rocket's `Option<String>` quietly gives `None`,
+/// the lobby), HTTP/1.0 (Rocket would send the 101, then find hyper won't upgrade), a key that is
+/// not base64 of 16 bytes (rocket_ws only hashes it) and a body (Rocket reads past it and the
+/// bytes after a chunked body would be taken for frames).
+pub struct UpgradeChecks(Option<&'static str>);
+
+#[rocket::async_trait]
+impl<'r> FromRequest<'r> for UpgradeChecks {
+    type Error = std::convert::Infallible;
+
+    async fn from_request(req: &'r Request<'_>) -> Outcome<Self, Self::Error> {
+        Outcome::Success(UpgradeChecks(upgrade_refusal(req)))
+    }
+}
+
+fn upgrade_refusal(req: &Request<'_>) -> Option<&'static str> {
+    let rooms = req
+        .uri()
+        .query()
+        .map_or(0, |q| q.segments().filter(|(k, _)| *k == "room").count());
+    if rooms > 1 {
+        return Some("room given more than once");
+    }
+    // Put there by our patched Rocket (rust-ws/vendor/README.md); Rocket's in-memory test client
+    // has no connection and so no version, hence the HTTP/1.1 default.
+    if *req.local_cache(|| Version::HTTP_11) < Version::HTTP_11 {
+        return Some("WebSocket needs HTTP/1.1");
+    }
+    let headers = req.headers();
+    let mut keys = headers.get("Sec-WebSocket-Key");
+    if let Some(key) = keys.next() {
+        if keys.next().is_some() || !valid_key(key) {
+            return Some("Sec-WebSocket-Key must be base64 of 16 bytes");
+        }
+    }
+    if headers.contains("Transfer-Encoding") || headers.get("Content-Length").any(|v| v != "0") {
+        return Some("an upgrade request has no body");
+    }
+    None
+}
+
+/// RFC 6455 §4.2.1: base64 (padded, canonical) of exactly 16 bytes.
+fn valid_key(key: &str) -> bool {
+    data_encoding::BASE64
+        .decode(key.as_bytes())
+        .is_ok_and(|bytes| bytes.len() == 16)
+}
+
 /// `ws::WebSocket` checks the upgrade headers (a plain GET is forwarded, ending in 400) and
-/// derives the accept key. The room and the capacity are checked before the 101.
+/// derives the accept key. [`UpgradeChecks`], the room and the capacity are checked before the
+/// 101.
 #[get("/ws?<room>")]
 fn ws_upgrade(
     socket: ws::WebSocket,
+    checks: UpgradeChecks,
     room: Option<String>,
     server: &State<Arc<Server>>,
 ) -> Result<Upgrade, Status> {
+    if let Some(reason) = checks.0 {
+        log_debug!("upgrade refused with 400: {reason}");
+        return Err(Status::BadRequest);
+    }
     let room = room.unwrap_or_else(|| "lobby".to_string());
     if !protocol::valid_room(&room) {
         return Err(Status::BadRequest);
