@@ -74,25 +74,59 @@ def epoch(rfc3339: str) -> float:
     return when.timestamp() + float(frac or 0)
 
 
-def assert_clean_run(result, servers_run, scenarios=SCENARIOS):
-    assert result.returncode == 0, result.output
-    assert not BAD_OUTPUT.search(result.output), result.output
+def server_counts(servers) -> dict[str, dict[str, float]]:
+    """Each server's connections accepted and abnormal ends so far (PROTOCOL.md section 4)."""
+    counts = {}
+    for kind, server in servers.items():
+        text = server.metrics_text()
+        abnormal = re.findall(r"^ws_closed_conns_errors_total\{[^}]*\} (\S+)$", text, re.MULTILINE)
+        assert abnormal, f"{server.name} /metrics has no ws_closed_conns_errors_total"
+        counts[kind] = {
+            "accepted": counter(server, "all_ws_connections_total"),
+            "abnormal": sum(float(v) for v in abnormal),
+        }
+    return counts
+
+
+def assert_clean_run(result, servers_run, scenarios=SCENARIOS, servers=None, before=None):
+    """Exit 0, every check passed, nothing went wrong; with `servers` and `before` (server_counts()
+    taken before the run), also what each server counted agrees with k6."""
+    assert result.returncode == 0, result.report()
+    assert not BAD_OUTPUT.search(result.output), result.report()
     for server in servers_run:
         for scenario in scenarios:
             tag = f"{{server:{server},scenario:{scenario}}}"
             checks = result.metric(f"checks{tag}")
-            assert checks and checks["passes"] > 0, (tag, checks)
-            assert checks["fails"] == 0, (tag, checks)
+            assert checks and checks["passes"] > 0, (tag, checks, result.report())
+            assert checks["fails"] == 0, (tag, checks, result.report())
             received = result.metric(f"wslab_messages_received{tag}")
-            assert received and received["count"] > 0, (tag, received)
+            assert received and received["count"] > 0, (tag, received, result.report())
             rtt = result.metric(f"wslab_rtt{tag}")
-            assert rtt and rtt["count"] > 0 and 0 < rtt["p(95)"] < 1000, (tag, rtt)
+            assert rtt and rtt["count"] > 0 and 0 < rtt["p(95)"] < 1000, (tag, rtt, result.report())
         if "chat" in scenarios:
             delivery = result.metric(f"wslab_delivery_latency{{server:{server},scenario:chat}}")
             assert delivery and delivery["count"] > 0, delivery
-    # Nothing went wrong anywhere: no error of any code, every close a clean handshake.
-    assert result.metric("wslab_errors") is None, result.metric("wslab_errors")
-    assert result.metric("wslab_unclean_closes") is None, result.metric("wslab_unclean_closes")
+        # Nothing went wrong: no error of any code but k6_dropped_welcome (k6 1.1.0's own defect,
+        # which a busy host can trigger in chat/echo/hold; accounted for below).
+        errors = result.count(f"wslab_errors{{server:{server}}}")
+        dropped = result.count(f"wslab_errors{{server:{server},code:k6_dropped_welcome}}")
+        assert errors == dropped, result.report()
+        if servers is not None:
+            after = server_counts({server: servers[server]})[server]
+            accepted = after["accepted"] - before[server]["accepted"]
+            # Every connection the server accepted had its welcome seen by k6, or k6 dropped it
+            # and the server answered that connection's echo probe: no welcome is unaccounted.
+            welcomes = result.count(f"wslab_messages_received{{server:{server},type:welcome}}")
+            assert welcomes + dropped == accepted, (server, welcomes, dropped, accepted)
+            # k6's defect loses ~1 welcome in 200-1,500 on a busy host; a server that skipped its
+            # welcome would look like a drop to the client, on every fleet connection.
+            assert dropped <= 0.1 * accepted, (server, dropped, accepted, result.report())
+            # Every close was a close handshake for the server too (k6/ws closes TCP right after
+            # its close frame; the server must still count a client close, not an abnormal end).
+            abnormal = after["abnormal"] - before[server]["abnormal"]
+            assert abnormal == 0, (server, abnormal, result.report())
+    # Every close a clean handshake.
+    assert result.count("wslab_unclean_closes") == 0, result.report()
 
 
 def assert_tagged(points, servers_run, scenarios):
@@ -113,39 +147,41 @@ def assert_tagged(points, servers_run, scenarios):
 @pytest.mark.parametrize("script", ["rust.js", "python.js"])
 def test_single_server_script_runs_every_scenario(script, servers, smoke_env):
     (kind,) = SCRIPT_SERVERS[script]
-    other = servers["python" if kind == "rust" else "rust"]
-    before = {k: counter(s, "all_ws_connections_total") for k, s in servers.items()}
+    other = "python" if kind == "rust" else "rust"
+    before = server_counts(servers)
 
     result = run_k6(script, {**smoke_env, "SCENARIO": "all", "PARALLEL": "1"}, timeout=120)
 
-    assert_clean_run(result, (kind,))
+    assert_clean_run(result, (kind,), servers=servers, before=before)
     # k6's count of sessions is the number of connections the targeted server accepted, and the
     # other server saw none: the numbers are about the server the script names.
     sessions = result.metric("ws_sessions")["count"]
-    assert counter(servers[kind], "all_ws_connections_total") - before[kind] == sessions
-    assert (
-        counter(other, "all_ws_connections_total") == before["python" if kind == "rust" else "rust"]
-    )
+    assert counter(servers[kind], "all_ws_connections_total") - before[kind]["accepted"] == sessions
+    assert counter(servers[other], "all_ws_connections_total") == before[other]["accepted"]
     assert wait_connections_zero(servers[kind]) == 0
 
 
 def test_both_parallel_runs_every_scenario_tagged(servers, smoke_env):
+    before = server_counts(servers)
     result = run_k6(
         "both.js",
         {**smoke_env, "SCENARIO": "all", "PARALLEL": "1"},
         timeout=120,
         json_out=True,
     )
-    assert_clean_run(result, ("rust", "python"))
+    assert_clean_run(result, ("rust", "python"), servers=servers, before=before)
     assert_tagged(result.points, ("rust", "python"), SCENARIOS)
     for server in servers.values():
         assert wait_connections_zero(server) == 0
 
 
-def test_both_defaults_to_consecutive_windows(smoke_env):
+def test_both_defaults_to_consecutive_windows(servers, smoke_env):
+    before = server_counts(servers)
     result = run_k6("both.js", smoke_env, timeout=120, json_out=True)
 
-    assert_clean_run(result, ("rust", "python"), scenarios=("sessions",))
+    assert_clean_run(
+        result, ("rust", "python"), scenarios=("sessions",), servers=servers, before=before
+    )
     assert_tagged(result.points, ("rust", "python"), ("sessions",))
     times = {"rust": [], "python": []}
     for p in result.points:
