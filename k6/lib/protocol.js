@@ -252,7 +252,7 @@ export class Client {
   // Starts the close handshake (once). Until the server's close frame arrives the socket is
   // still read, so nothing is cut short (experimental transport; legacy closes at once).
   close() {
-    if (this.closing || this.ended) return;
+    if (this.closing || this.ended || this.conn === null) return;
     if (this.conn.readyState === CONNECTING) {
       // k6 can't close a socket that is still connecting; do it as soon as it opens.
       this.wantClose = true;

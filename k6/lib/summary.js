@@ -47,14 +47,15 @@ export function diagnose(data, servers) {
     }
   }
 
-  const groups = (data.root_group && data.root_group.groups) || {};
-  for (const gname of Object.keys(groups).sort()) {
-    const [server, scenario] = gname.split(' ');
-    const checks = groups[gname].checks || {};
-    for (const cname of Object.keys(checks)) {
-      const c = checks[cname];
+  // handleSummary gets groups and checks as arrays (--summary-export writes them keyed by name).
+  const values = (x) => (Array.isArray(x) ? x : Object.values(x || {}));
+  const groups = values(data.root_group && data.root_group.groups)
+    .sort((a, b) => (a.name < b.name ? -1 : 1));
+  for (const g of groups) {
+    const [server, scenario] = g.name.split(' ');
+    for (const c of values(g.checks)) {
       if (c.fails > 0) {
-        warn(`server=${server} scenario=${scenario}: check '${cname}' failed ${c.fails} of ` +
+        warn(`server=${server} scenario=${scenario}: check '${c.name}' failed ${c.fails} of ` +
           `${c.passes + c.fails}`);
       }
     }

@@ -274,3 +274,25 @@ def test_remote_write_reaches_prometheus_tagged_by_server(smoke_env):
                 got,
                 received,
             )
+
+
+def test_failing_run_says_which_check_server_and_code(servers, smoke_env):
+    # rust.js pointed at python-ws: every welcome names the wrong server, so `welcome received`
+    # fails for server=rust with bad_welcome. The output must say that, not only that a
+    # threshold was crossed.
+    env = {**smoke_env, "SCENARIO": "sessions", "RUST_WS_URL": servers["python"].ws_url}
+    result = run_k6("rust.js", env, timeout=120)
+
+    assert result.returncode != 0, result.report()
+    failed = result.metric("checks{server:rust,scenario:sessions}")["fails"]
+    assert failed > 0, result.report()
+    said = [
+        "wslab: threshold crossed: checks{server:rust,scenario:sessions} 'rate>=0.99'",
+        f"wslab: server=rust scenario=sessions: check 'welcome received' failed {failed} of",
+        f"wslab: server=rust: wslab_errors by code: bad_welcome={failed}",
+    ]
+    for line in said:
+        assert line in result.output, (line, result.output)
+    report = result.report()
+    assert f"server=rust scenario=sessions: check 'welcome received' failed {failed} of" in report
+    assert f"server=rust: wslab_errors{{code=bad_welcome}} = {failed}" in report
