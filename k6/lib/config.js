@@ -118,7 +118,11 @@ export function scenarioConfig(name) {
         messages: envInt('SESSIONS_MESSAGES', 1, 0), // broadcasts per session (M)
         spacingMs: envInt('SESSIONS_SPACING_MS', [100, 50]), // between a session's broadcasts
         room: envStr('SESSIONS_ROOM', 'lobby'),
-        preVUs: envInt('SESSIONS_PRE_VUS', [20, 5], 1),
+        // SMOKE: all 20 up front. An arrival-rate executor drops the iteration that finds every
+        // allocated VU busy while it initialises another, so on a busy CI host, where a smoke
+        // session can take a second or two, 5 VUs at 10/s dropped one now and then
+        // (dropped_iterations, k6's sizing, not the server).
+        preVUs: envInt('SESSIONS_PRE_VUS', [20, 20], 1),
         maxVUs: envInt('SESSIONS_MAX_VUS', [200, 20], 1),
       };
     case 'chat':
