@@ -43,6 +43,14 @@ export function envNum(name, def, min = 0) {
   return n;
 }
 
+export function envChoice(name, def, choices) {
+  const v = envStr(name, def);
+  if (!choices.includes(v)) {
+    throw new Error(`${name}=${JSON.stringify(v)}: expected one of ${choices.join(', ')}`);
+  }
+  return v;
+}
+
 export function envInt(name, def, min = 0) {
   const n = envNum(name, def, min);
   if (!Number.isInteger(n)) throw new Error(`${name}=${JSON.stringify(n)} is not an integer`);
@@ -96,7 +104,8 @@ export const WELCOME_TIMEOUT_MS = envInt('WELCOME_TIMEOUT_MS', [10000, 3000], 1)
 export const REPLY_TIMEOUT_MS = envInt('REPLY_TIMEOUT_MS', [10000, 3000], 1);
 export const CLOSE_TIMEOUT_MS = envInt('CLOSE_TIMEOUT_MS', [5000, 2000], 1);
 
-// chat/echo/hold (k6/experimental/websockets): a socket still without a welcome after this long
+// Sockets on k6/experimental/websockets (chat/echo/hold, and sessions by default): one still
+// without a welcome after this long
 // sends an echo probe, to tell a welcome k6 1.1.0 dropped from one the server never sent (see
 // protocol.js). Short, because messages arrive in order: a late welcome still comes before the
 // probe's reply, so probing early never misattributes; it only costs one echo. Not done when
@@ -112,6 +121,10 @@ export function scenarioConfig(name) {
     case 'sessions':
       return {
         shape: envStr('SESSIONS_SHAPE', 'ramp'),
+        // Which k6 WebSocket module runs the sessions (protocol.js): `experimental` (default;
+        // graceful close, can drop a welcome, which the probe attributes to k6) or `ws` (k6/ws;
+        // never drops one, but closes TCP before the server's close frame).
+        module: envChoice('SESSIONS_MODULE', 'experimental', ['experimental', 'ws']),
         rate: envNum('SESSIONS_RATE', [50, 10], 0.001), // sessions started per second at peak
         ramp: envNum('SESSIONS_RAMP', [30, 1]), // seconds
         hold: envNum('SESSIONS_HOLD', [60, 2]), // seconds

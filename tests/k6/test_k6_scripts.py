@@ -121,8 +121,7 @@ def assert_clean_run(result, servers_run, scenarios=SCENARIOS, servers=None, bef
             # k6's defect loses ~1 welcome in 200-1,500 on a busy host; a server that skipped its
             # welcome would look like a drop to the client, on every fleet connection.
             assert dropped <= 0.1 * accepted, (server, dropped, accepted, result.report())
-            # Every close was a close handshake for the server too (k6/ws closes TCP right after
-            # its close frame; the server must still count a client close, not an abnormal end).
+            # Every close was a close handshake for the server too: no abnormal end of any reason.
             abnormal = after["abnormal"] - before[server]["abnormal"]
             assert abnormal == 0, (server, abnormal, result.report())
     # Every close a clean handshake.
@@ -274,6 +273,29 @@ def test_remote_write_reaches_prometheus_tagged_by_server(smoke_env):
                 got,
                 received,
             )
+
+
+def test_sessions_on_k6_ws_never_lose_a_welcome(servers, smoke_env):
+    # SESSIONS_MODULE=ws: k6/ws registers the handlers before it reads, so no welcome can be
+    # dropped (no probe, no k6_dropped_welcome). Its close() resets TCP without waiting for the
+    # server's close frame, so the only abnormal end a server may count is send_failed.
+    before = server_counts(servers)
+    env = {**smoke_env, "SCENARIO": "sessions", "PARALLEL": "1", "SESSIONS_MODULE": "ws"}
+    result = run_k6("both.js", env, timeout=120)
+
+    assert_clean_run(result, ("rust", "python"), scenarios=("sessions",))
+    for kind, server in servers.items():
+        accepted = counter(server, "all_ws_connections_total") - before[kind]["accepted"]
+        welcomes = result.count(f"wslab_messages_received{{server:{kind},type:welcome}}")
+        assert welcomes == accepted > 0, (kind, welcomes, accepted, result.report())
+        assert result.count(f"wslab_errors{{server:{kind},code:k6_dropped_welcome}}") == 0
+        reasons = re.findall(
+            r'^ws_closed_conns_errors_total\{reason="(\w+)"\} (\S+)$',
+            server.metrics_text(),
+            re.MULTILINE,
+        )
+        moved = {r for r, v in reasons if float(v) > 0}
+        assert moved <= {"send_failed"}, (kind, reasons)
 
 
 def test_failing_run_says_which_check_server_and_code(servers, smoke_env):
