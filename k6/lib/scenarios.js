@@ -1,11 +1,13 @@
 // What one VU iteration does in each scenario. No sleep() anywhere: everything is driven by
-// socket events and k6/timers, and every connection is bounded by the timeouts in protocol.js.
+// socket events and timers, and every connection is bounded by the timeouts in protocol.js.
+// Everything runs on k6/experimental/websockets (many sockets per VU for the fleets); `sessions`
+// can run on k6/ws instead with SESSIONS_MODULE=ws (see protocol.js for the trade-off).
 import exec from 'k6/execution';
 import { clearInterval, setInterval, setTimeout } from 'k6/timers';
 
 import { LAG_PROBE_MS, REPLY_TIMEOUT_MS, withRoom } from './config.js';
 import { eventLoopLag } from './metrics.js';
-import { Client, now } from './protocol.js';
+import { Client, experimental, legacy, now } from './protocol.js';
 import { executorFor } from './shapes.js';
 
 // Samples how late this VU's timers fire until the returned stop function is called.
@@ -20,13 +22,16 @@ function startLagProbe() {
 }
 
 // sessions: one iteration is one short session. Connect, wait for the welcome, send M broadcasts
-// spaced by SESSIONS_SPACING_MS, wait until all M came back, close.
+// spaced by SESSIONS_SPACING_MS, wait until all M came back, close. A VU holds one session at a
+// time on either module (k6/ws's ws.connect blocks until the session ends).
 function sessions(server, url, cfg, nonce) {
   const room = cfg.room;
   // eslint-disable-next-line no-new
   new Client({
+    transport: cfg.module === 'ws' ? legacy : experimental,
     url: withRoom(url, room),
     server,
+    scenario: 'sessions',
     room,
     nonce,
     key: `${exec.vu.idInTest}-${exec.vu.iterationInInstance}`,
@@ -78,6 +83,7 @@ function fleet(server, url, cfg, nonce, roomOf, behaviour) {
       const client = new Client({
         url: withRoom(url, room),
         server,
+        scenario: behaviour.name,
         room: room || 'lobby',
         nonce,
         cfg,

@@ -1,4 +1,4 @@
-// Builds a whole k6 test (options, setup, default function) for a set of servers. The scripts in
+// Builds a whole k6 test (options, setup, default function, handleSummary) for a set of servers. The scripts in
 // k6/scripts/ are thin wrappers around makeTest().
 //
 // Scenario names are `<scenario>_<server>` (e.g. `chat_rust`). k6 tags every sample with the
@@ -18,8 +18,10 @@ import {
   selectedScenarios,
   serverOrder,
 } from './config.js';
+import { ERROR_CODES, UNCLEAN_REASONS } from './metrics.js';
 import { runScenario } from './scenarios.js';
 import { executorFor } from './shapes.js';
+import { makeHandleSummary } from './summary.js';
 
 // What to start when a server isn't there.
 const START_HINTS = {
@@ -67,6 +69,16 @@ function addThresholds(t, scenario, server, cfg) {
   }
 }
 
+// Submetrics without threshold expressions: they bound nothing, they only make k6 keep per-server
+// counts by error code and unclean-close reason for summary.js (k6 1.1.0's end-of-test data has
+// per-tag numbers only for submetrics named here) and --summary-export.
+function addBreakdowns(t, server) {
+  t[`wslab_errors{server:${server}}`] = [];
+  for (const code of ERROR_CODES) t[`wslab_errors{server:${server},code:${code}}`] = [];
+  for (const reason of UNCLEAN_REASONS) t[`wslab_unclean_closes{server:${server},reason:${reason}}`] = [];
+  t[`wslab_messages_received{server:${server},type:welcome}`] = [];
+}
+
 // serverKeys: the servers this script may target, e.g. ['rust'] or ['rust', 'python'].
 export function makeTest(serverKeys) {
   const servers = serverKeys.length > 1 ? serverOrder(serverKeys) : serverKeys.slice();
@@ -87,6 +99,8 @@ export function makeTest(serverKeys) {
       if (!PARALLEL) start += seconds + WINDOW_GAP_S;
     }
   }
+
+  for (const server of servers) addBreakdowns(thresholds, server);
 
   const options = {
     scenarios,
@@ -126,5 +140,5 @@ export function makeTest(serverKeys) {
     runScenario(scenario, server, URLS[server], configs[scenario], data.nonce);
   }
 
-  return { options, setup, run };
+  return { options, setup, run, handleSummary: makeHandleSummary(servers) };
 }

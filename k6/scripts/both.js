@@ -14,3 +14,4 @@ const test = makeTest(['rust', 'python']);
 export const options = test.options;
 export const setup = test.setup;
 export default test.run;
+export const handleSummary = test.handleSummary;

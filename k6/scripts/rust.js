@@ -12,3 +12,4 @@ const test = makeTest(['rust']);
 export const options = test.options;
 export const setup = test.setup;
 export default test.run;
+export const handleSummary = test.handleSummary;

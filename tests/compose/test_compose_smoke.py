@@ -292,10 +292,7 @@ def stack(request):
         )
         st.k6 = k6
         if k6.returncode != 0:
-            pytest.fail(
-                f"k6 exited {k6.returncode}:\n{k6.stdout[-6000:]}\n{k6.stderr[-6000:]}",
-                pytrace=False,
-            )
+            pytest.fail(_k6_failure(k6), pytrace=False)
         yield st
     finally:
         if os.environ.get("WSLAB_SMOKE_KEEP") == "1":
@@ -306,6 +303,22 @@ def stack(request):
         else:
             st.timed("down -v", st.down)
         say(f"compose smoke: total {time.monotonic() - started:.1f} s")
+
+
+def _k6_failure(k6: subprocess.CompletedProcess) -> str:
+    """k6's failure as a message: first its own diagnosis (k6/lib/summary.js logs one "wslab:"
+    line per crossed threshold, failed check by server and scenario, and wslab_errors code or
+    unclean-close reason by server), then the end of its output."""
+    output = (k6.stdout or "") + "\n" + (k6.stderr or "")
+    found = [m.group(1) for m in re.finditer(r'msg="(wslab: (?:[^"\\]|\\.)*)"', output)]
+    lines = [f"k6 exited {k6.returncode}"]
+    if found:
+        lines += ["what failed (k6/lib/summary.js):", *(f"  {line}" for line in found)]
+    else:
+        lines.append("k6 printed no diagnosis (it failed before its end-of-test summary)")
+    lines += ["--- k6 stdout (end) ---", (k6.stdout or "")[-6000:]]
+    lines += ["--- k6 stderr (end) ---", (k6.stderr or "")[-6000:]]
+    return "\n".join(lines)
 
 
 def _eventually(st: Stack, promql: str, ok, what: str) -> list[dict]:

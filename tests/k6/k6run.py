@@ -19,7 +19,10 @@ Reusable by any suite that needs real k6 data (the dashboard tests use it to fil
 
 The returned `K6Result` has `returncode`, `output` (stdout and stderr), `summary` (the
 `--summary-export` JSON; {} when k6 wrote none), `points` (list of
-`{"metric", "time", "value", "tags"}` dicts when json_out) and `metric(name)`.
+`{"metric", "time", "value", "tags"}` dicts when json_out), `metric(name)`, `count(name)`,
+`diagnosis()` and `report()`. Use `report()` as an assertion's message: it says what failed
+(crossed thresholds, failed checks by server and scenario, wslab_errors codes and unclean closes
+by server, from the summary export and, with json_out, every sample) before k6's own output.
 
 Summary values are k6's: times in milliseconds, `checks` has `passes`, `fails` and `value` (the
 pass rate), counters `count` and `rate`. A submetric such as `wslab_rtt{server:rust,scenario:echo}`
@@ -35,6 +38,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -45,6 +49,8 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
+# The per-server breakdowns k6/lib/test.js declares: wslab_errors{server:rust,code:welcome_timeout}.
+SUBMETRIC = re.compile(r"(wslab_errors|wslab_unclean_closes)\{server:(\w+),\w+:(\w+)\}")
 SCRIPTS = REPO / "k6" / "scripts"
 
 
@@ -85,6 +91,66 @@ class K6Result:
     def metric(self, name: str) -> dict[str, Any] | None:
         """One metric or submetric from the summary, or None if k6 reported none."""
         return self.metrics.get(name)
+
+    def count(self, name: str) -> float:
+        """A counter's (or submetric's) count; 0 when k6 reported none."""
+        return (self.metric(name) or {}).get("count", 0)
+
+    def diagnosis(self) -> list[str]:
+        """What went wrong in this run, one finding per line (empty when nothing did)."""
+        lines = []
+        for name, metric in sorted(self.metrics.items()):
+            for expr, crossed in (metric.get("thresholds") or {}).items():
+                # In a summary export `true` means the threshold WAS crossed.
+                if crossed:
+                    lines.append(f"threshold crossed: {name} '{expr}'")
+        groups = (self.summary.get("root_group") or {}).get("groups") or {}
+        for gname, group in sorted(groups.items()):
+            server, _, scenario = gname.partition(" ")
+            for check in (group.get("checks") or {}).values():
+                if check["fails"]:
+                    lines.append(
+                        f"server={server} scenario={scenario}: check '{check['name']}' failed "
+                        f"{check['fails']} of {check['passes'] + check['fails']}"
+                    )
+        by_tags: dict[tuple, float] = {}
+        if self.points:
+            # Every sample: exact counts by server, scenario and code/reason.
+            for p in self.points:
+                if p["metric"] in ("wslab_errors", "wslab_unclean_closes"):
+                    t = p["tags"]
+                    key = (
+                        p["metric"],
+                        t.get("server"),
+                        t.get("scenario"),
+                        t.get("code") or t.get("reason"),
+                    )
+                    by_tags[key] = by_tags.get(key, 0) + p["value"]
+        else:
+            # The per-server submetrics k6/lib/test.js declares.
+            for name, metric in self.metrics.items():
+                m = SUBMETRIC.fullmatch(name)
+                if m and metric.get("count"):
+                    by_tags[(m[1], m[2], None, m[3])] = metric["count"]
+        for (metric, server, scenario, code), n in sorted(by_tags.items(), key=str):
+            where = f"server={server}" + (f" scenario={scenario}" if scenario else "")
+            label = "code" if metric == "wslab_errors" else "reason"
+            lines.append(f"{where}: {metric}{{{label}={code}}} = {n:g}")
+        return lines
+
+    def report(self, tail: int = 8000) -> str:
+        """A failure message: the diagnosis, k6's own `wslab:` lines, then the end of its output."""
+        parts = [f"k6 exited {self.returncode}"]
+        found = self.diagnosis()
+        parts.append("what failed (from the summary export):")
+        parts += [f"  {line}" for line in found] or ["  nothing in the summary export"]
+        k6_lines = [m.group(1) for m in re.finditer(r'msg="(wslab: (?:[^"\\]|\\.)*)"', self.output)]
+        if k6_lines:
+            parts.append("k6's diagnosis (k6/lib/summary.js):")
+            parts += [f"  {line}" for line in k6_lines]
+        parts.append(f"--- k6 output, last {tail} characters ---")
+        parts.append(self.output[-tail:])
+        return "\n".join(parts)
 
 
 def _read_points(path: Path) -> list[dict[str, Any]]:

@@ -75,25 +75,58 @@ def epoch(rfc3339: str) -> float:
     return when.timestamp() + float(frac or 0)
 
 
-def assert_clean_run(result, servers_run, scenarios=SCENARIOS):
-    assert result.returncode == 0, result.output
-    assert not BAD_OUTPUT.search(result.output), result.output
+def server_counts(servers) -> dict[str, dict[str, float]]:
+    """Each server's connections accepted and abnormal ends so far (PROTOCOL.md section 4)."""
+    counts = {}
+    for kind, server in servers.items():
+        text = server.metrics_text()
+        abnormal = re.findall(r"^ws_closed_conns_errors_total\{[^}]*\} (\S+)$", text, re.MULTILINE)
+        assert abnormal, f"{server.name} /metrics has no ws_closed_conns_errors_total"
+        counts[kind] = {
+            "accepted": counter(server, "all_ws_connections_total"),
+            "abnormal": sum(float(v) for v in abnormal),
+        }
+    return counts
+
+
+def assert_clean_run(result, servers_run, scenarios=SCENARIOS, servers=None, before=None):
+    """Exit 0, every check passed, nothing went wrong; with `servers` and `before` (server_counts()
+    taken before the run), also what each server counted agrees with k6."""
+    assert result.returncode == 0, result.report()
+    assert not BAD_OUTPUT.search(result.output), result.report()
     for server in servers_run:
         for scenario in scenarios:
             tag = f"{{server:{server},scenario:{scenario}}}"
             checks = result.metric(f"checks{tag}")
-            assert checks and checks["passes"] > 0, (tag, checks)
-            assert checks["fails"] == 0, (tag, checks)
+            assert checks and checks["passes"] > 0, (tag, checks, result.report())
+            assert checks["fails"] == 0, (tag, checks, result.report())
             received = result.metric(f"wslab_messages_received{tag}")
-            assert received and received["count"] > 0, (tag, received)
+            assert received and received["count"] > 0, (tag, received, result.report())
             rtt = result.metric(f"wslab_rtt{tag}")
-            assert rtt and rtt["count"] > 0 and 0 < rtt["p(95)"] < 1000, (tag, rtt)
+            assert rtt and rtt["count"] > 0 and 0 < rtt["p(95)"] < 1000, (tag, rtt, result.report())
         if "chat" in scenarios:
             delivery = result.metric(f"wslab_delivery_latency{{server:{server},scenario:chat}}")
             assert delivery and delivery["count"] > 0, delivery
-    # Nothing went wrong anywhere: no error of any code, every close a clean handshake.
-    assert result.metric("wslab_errors") is None, result.metric("wslab_errors")
-    assert result.metric("wslab_unclean_closes") is None, result.metric("wslab_unclean_closes")
+        # Nothing went wrong: no error of any code but k6_dropped_welcome (k6 1.1.0's own defect,
+        # which a busy host can trigger in chat/echo/hold; accounted for below).
+        errors = result.count(f"wslab_errors{{server:{server}}}")
+        dropped = result.count(f"wslab_errors{{server:{server},code:k6_dropped_welcome}}")
+        assert errors == dropped, result.report()
+        if servers is not None:
+            after = server_counts({server: servers[server]})[server]
+            accepted = after["accepted"] - before[server]["accepted"]
+            # Every connection the server accepted had its welcome seen by k6, or k6 dropped it
+            # and the server answered that connection's echo probe: no welcome is unaccounted.
+            welcomes = result.count(f"wslab_messages_received{{server:{server},type:welcome}}")
+            assert welcomes + dropped == accepted, (server, welcomes, dropped, accepted)
+            # k6's defect loses ~1 welcome in 200-1,500 on a busy host; a server that skipped its
+            # welcome would look like a drop to the client, on every fleet connection.
+            assert dropped <= 0.1 * accepted, (server, dropped, accepted, result.report())
+            # Every close was a close handshake for the server too: no abnormal end of any reason.
+            abnormal = after["abnormal"] - before[server]["abnormal"]
+            assert abnormal == 0, (server, abnormal, result.report())
+    # Every close a clean handshake.
+    assert result.count("wslab_unclean_closes") == 0, result.report()
 
 
 def assert_tagged(points, servers_run, scenarios):
@@ -114,39 +147,41 @@ def assert_tagged(points, servers_run, scenarios):
 @pytest.mark.parametrize("script", ["rust.js", "python.js"])
 def test_single_server_script_runs_every_scenario(script, servers, smoke_env):
     (kind,) = SCRIPT_SERVERS[script]
-    other = servers["python" if kind == "rust" else "rust"]
-    before = {k: counter(s, "all_ws_connections_total") for k, s in servers.items()}
+    other = "python" if kind == "rust" else "rust"
+    before = server_counts(servers)
 
     result = run_k6(script, {**smoke_env, "SCENARIO": "all", "PARALLEL": "1"}, timeout=120)
 
-    assert_clean_run(result, (kind,))
+    assert_clean_run(result, (kind,), servers=servers, before=before)
     # k6's count of sessions is the number of connections the targeted server accepted, and the
     # other server saw none: the numbers are about the server the script names.
     sessions = result.metric("ws_sessions")["count"]
-    assert counter(servers[kind], "all_ws_connections_total") - before[kind] == sessions
-    assert (
-        counter(other, "all_ws_connections_total") == before["python" if kind == "rust" else "rust"]
-    )
+    assert counter(servers[kind], "all_ws_connections_total") - before[kind]["accepted"] == sessions
+    assert counter(servers[other], "all_ws_connections_total") == before[other]["accepted"]
     assert wait_connections_zero(servers[kind]) == 0
 
 
 def test_both_parallel_runs_every_scenario_tagged(servers, smoke_env):
+    before = server_counts(servers)
     result = run_k6(
         "both.js",
         {**smoke_env, "SCENARIO": "all", "PARALLEL": "1"},
         timeout=120,
         json_out=True,
     )
-    assert_clean_run(result, ("rust", "python"))
+    assert_clean_run(result, ("rust", "python"), servers=servers, before=before)
     assert_tagged(result.points, ("rust", "python"), SCENARIOS)
     for server in servers.values():
         assert wait_connections_zero(server) == 0
 
 
-def test_both_defaults_to_consecutive_windows(smoke_env):
+def test_both_defaults_to_consecutive_windows(servers, smoke_env):
+    before = server_counts(servers)
     result = run_k6("both.js", smoke_env, timeout=120, json_out=True)
 
-    assert_clean_run(result, ("rust", "python"), scenarios=("sessions",))
+    assert_clean_run(
+        result, ("rust", "python"), scenarios=("sessions",), servers=servers, before=before
+    )
     assert_tagged(result.points, ("rust", "python"), ("sessions",))
     times = {"rust": [], "python": []}
     for p in result.points:
@@ -249,3 +284,48 @@ def test_remote_write_reaches_prometheus_tagged_by_server(smoke_env):
                 got,
                 received,
             )
+
+
+def test_sessions_on_k6_ws_never_lose_a_welcome(servers, smoke_env):
+    # SESSIONS_MODULE=ws: k6/ws registers the handlers before it reads, so no welcome can be
+    # dropped (no probe, no k6_dropped_welcome). Its close() resets TCP without waiting for the
+    # server's close frame, so the only abnormal end a server may count is send_failed.
+    before = server_counts(servers)
+    env = {**smoke_env, "SCENARIO": "sessions", "PARALLEL": "1", "SESSIONS_MODULE": "ws"}
+    result = run_k6("both.js", env, timeout=120)
+
+    assert_clean_run(result, ("rust", "python"), scenarios=("sessions",))
+    for kind, server in servers.items():
+        accepted = counter(server, "all_ws_connections_total") - before[kind]["accepted"]
+        welcomes = result.count(f"wslab_messages_received{{server:{kind},type:welcome}}")
+        assert welcomes == accepted > 0, (kind, welcomes, accepted, result.report())
+        assert result.count(f"wslab_errors{{server:{kind},code:k6_dropped_welcome}}") == 0
+        reasons = re.findall(
+            r'^ws_closed_conns_errors_total\{reason="(\w+)"\} (\S+)$',
+            server.metrics_text(),
+            re.MULTILINE,
+        )
+        moved = {r for r, v in reasons if float(v) > 0}
+        assert moved <= {"send_failed"}, (kind, reasons)
+
+
+def test_failing_run_says_which_check_server_and_code(servers, smoke_env):
+    # rust.js pointed at python-ws: every welcome names the wrong server, so `welcome received`
+    # fails for server=rust with bad_welcome. The output must say that, not only that a
+    # threshold was crossed.
+    env = {**smoke_env, "SCENARIO": "sessions", "RUST_WS_URL": servers["python"].ws_url}
+    result = run_k6("rust.js", env, timeout=120)
+
+    assert result.returncode != 0, result.report()
+    failed = result.metric("checks{server:rust,scenario:sessions}")["fails"]
+    assert failed > 0, result.report()
+    said = [
+        "wslab: threshold crossed: checks{server:rust,scenario:sessions} 'rate>=0.99'",
+        f"wslab: server=rust scenario=sessions: check 'welcome received' failed {failed} of",
+        f"wslab: server=rust: wslab_errors by code: bad_welcome={failed}",
+    ]
+    for line in said:
+        assert line in result.output, (line, result.output)
+    report = result.report()
+    assert f"server=rust scenario=sessions: check 'welcome received' failed {failed} of" in report
+    assert f"server=rust: wslab_errors{{code=bad_welcome}} = {failed}" in report
