@@ -53,18 +53,32 @@ mkdir -p "$WORK"/{seeds,corpus-rust,corpus-python,artifacts-rust,artifacts-pytho
 rm -rf "$WORK"/findings-python "$WORK"/findings-replay
 "$PYTHON" python-ws/fuzz/seeds.py "$WORK/seeds"
 
+# rust-ws/fuzz compiles rust-ws's protocol.rs itself (see its Cargo.toml): it must do so with the
+# serde and serde_json that rust-ws ships with.
+locked() { awk -v n="$1" '$0 == "name = \"" n "\"" { getline; print; exit }' "$2"; }
+for crate in serde serde_json; do
+  if [ "$(locked "$crate" Cargo.lock)" != "$(locked "$crate" "$FUZZ_DIR/Cargo.lock")" ]; then
+    echo "rust-ws/fuzz/Cargo.lock has another $crate than Cargo.lock: run" \
+      "'cargo update -p $crate --precise <version>' in rust-ws/fuzz" >&2
+    exit 1
+  fi
+done
+
 # --- build -----------------------------------------------------------------------------------
 log "building the fuzz target (ASan, debug assertions) and the classify binary"
 (cd "$FUZZ_DIR" && nice -n "$NICE" cargo fuzz build -O -a protocol)
 (cd "$FUZZ_DIR" && nice -n "$NICE" cargo build --release --bin classify)
 
 # --- fuzz ------------------------------------------------------------------------------------
-# Exit codes are kept, not fatal: a crash is a finding and the report shows it.
+# Exit codes are kept, not fatal: a crash is a finding and the report shows it. Both fuzzers are
+# libFuzzer and take the same flags. Value profiles reward getting closer on a comparison (a
+# nesting counter nearing serde_json's depth limit, say), not only new edges.
+FLAGS=(-max_total_time="$SECS" -max_len="$MAX_LEN" -timeout=10 -use_value_profile=1
+  -dict="$DICT" -print_final_stats=1)
 log "fuzzing rust-ws for $MINUTES min"
 rust_rc=0
 (cd "$FUZZ_DIR" && nice -n "$NICE" cargo fuzz run -O -a protocol "$WORK/corpus-rust" \
-  "$WORK/seeds" -- -max_total_time="$SECS" -max_len="$MAX_LEN" -timeout=10 \
-  -dict="$DICT" -artifact_prefix="$WORK/artifacts-rust/" -print_final_stats=1) \
+  "$WORK/seeds" -- "${FLAGS[@]}" -artifact_prefix="$WORK/artifacts-rust/") \
   >"$WORK/rust.log" 2>&1 || rust_rc=$?
 tail -n 12 "$WORK/rust.log" >&2
 
@@ -72,9 +86,7 @@ log "fuzzing python-ws for $MINUTES min (live differential against rust-ws)"
 py_rc=0
 WSLAB_FUZZ_RUST_CLASSIFY="$CLASSIFY" WSLAB_FUZZ_FINDINGS="$WORK/findings-python" \
   nice -n "$NICE" "$PYTHON" python-ws/fuzz/fuzz_protocol.py "$WORK/corpus-python" "$WORK/seeds" \
-  -max_total_time="$SECS" -max_len="$MAX_LEN" -timeout=10 -dict="$DICT" \
-  -artifact_prefix="$WORK/artifacts-python/" -print_final_stats=1 \
-  >"$WORK/python.log" 2>&1 || py_rc=$?
+  "${FLAGS[@]}" -artifact_prefix="$WORK/artifacts-python/" >"$WORK/python.log" 2>&1 || py_rc=$?
 tail -n 12 "$WORK/python.log" >&2
 
 log "replaying both corpora through both twins"

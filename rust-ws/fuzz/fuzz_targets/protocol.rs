@@ -1,6 +1,6 @@
-//! libFuzzer target: rust-ws's message path (rust_ws::protocol parse, validate, serialise) on
-//! arbitrary text, with oracles beyond "does not crash". Run by bench/fuzz.sh; see bench/README.md,
-//! "Fuzzing".
+//! libFuzzer target: rust-ws's message path (rust-ws/src/protocol.rs: parse, validate,
+//! serialise) on arbitrary text, with oracles beyond "does not crash". Run by bench/fuzz.sh; see
+//! bench/README.md, "Fuzzing".
 //!
 //! Twin: python-ws/fuzz/fuzz_protocol.py (the atheris target for python-ws).
 //!

@@ -1,4 +1,4 @@
-//! Oracles for fuzzing rust-ws's message path (rust_ws::protocol), shared by the libFuzzer target
+//! Oracles for fuzzing rust-ws's message path (rust-ws/src/protocol.rs), shared by the libFuzzer target
 //! (fuzz_targets/protocol.rs) and the differential classifier (src/bin/classify.rs).
 //!
 //! Twin: python-ws/fuzz/twins.py (the same classification and spec model for python-ws).
@@ -12,8 +12,14 @@
 //!   field that starts the detail, or the accepted fields), as one JSON object. python-ws's
 //!   harness computes the same object, so a difference between the twins is a string compare.
 
-use rust_ws::protocol::{self, Kind, ProtocolError};
 use serde_json::{json, Map, Value};
+
+/// rust-ws's protocol module, compiled from rust-ws's own source file (see Cargo.toml for why
+/// not through the crate).
+#[path = "../../src/protocol.rs"]
+pub mod protocol;
+
+use protocol::{Kind, ProtocolError};
 
 /// The fields whose name may start an `invalid_message` detail, in the protocol's order.
 pub const FIELDS: [&str; 6] = ["message", "type", "user", "text", "ref", "sent_at"];
