@@ -10,7 +10,8 @@
 # the cargo-fuzz target (libFuzzer + AddressSanitizer) and the plain `classify` binary; fuzz
 # rust-ws (rust-ws/fuzz/fuzz_targets/protocol.rs), then python-ws with atheris
 # (python-ws/fuzz/fuzz_protocol.py, which asks `classify` about every input it tries); replay both
-# corpora through both twins (python-ws/fuzz/twins.py); write the report (bench/fuzz_report.py).
+# corpora and the hand-written probes (python-ws/fuzz/probes/) through both twins
+# (python-ws/fuzz/twins.py); write the report (bench/fuzz_report.py).
 # Corpora, crash artifacts and findings stay in .wslab/fuzz/ (git-ignored) and grow run to run.
 #
 # Tools, pinned: cargo-fuzz 0.13.1 (installed with `cargo install --locked` if missing or
@@ -50,7 +51,7 @@ log "python: tests/requirements.txt, python-ws, atheris (pinned)"
 
 mkdir -p "$WORK"/{seeds,corpus-rust,corpus-python,artifacts-rust,artifacts-python}
 # Findings are per run: the report lists what this run found.
-rm -rf "$WORK"/findings-python "$WORK"/findings-replay
+rm -rf "$WORK"/findings-python "$WORK"/findings-replay "$WORK"/findings-probes
 "$PYTHON" python-ws/fuzz/seeds.py "$WORK/seeds"
 
 # rust-ws/fuzz compiles rust-ws's protocol.rs itself (see its Cargo.toml): it must do so with the
@@ -92,6 +93,10 @@ tail -n 12 "$WORK/python.log" >&2
 log "replaying both corpora through both twins"
 "$PYTHON" python-ws/fuzz/twins.py --rust "$CLASSIFY" --findings "$WORK/findings-replay" \
   "$WORK/seeds" "$WORK/corpus-rust" "$WORK/corpus-python" | tee "$WORK/replay.log" >&2
+# Hand-written edge cases (python-ws/fuzz/probes/: number spellings, nesting depth, surrogates,
+# duplicate keys), one file each: what the fuzzers have not reached, kept as regression inputs.
+"$PYTHON" python-ws/fuzz/twins.py --rust "$CLASSIFY" --findings "$WORK/findings-probes" \
+  python-ws/fuzz/probes | tee "$WORK/probes.log" >&2
 
 # --- report ----------------------------------------------------------------------------------
 "$PYTHON" bench/fuzz_report.py --work "$WORK" --minutes "$MINUTES" --rust-rc "$rust_rc" \

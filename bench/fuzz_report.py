@@ -160,9 +160,10 @@ def main() -> int:
         lines.append("None: no oracle failed, nothing panicked, ASan reported nothing.")
 
     live, replay = findings(w / "findings-python"), findings(w / "findings-replay")
+    probes = findings(w / "findings-probes")
     lines += ["", "## Differences between the twins", ""]
     diffs = {}
-    for source, recs in (("live", live), ("replay", replay)):
+    for source, recs in (("live", live), ("replay", replay), ("probes", probes)):
         for rec in recs:
             if "rust" in rec:
                 d = diffs.setdefault(rec["kind"], {"sources": [], "rec": rec})
@@ -173,7 +174,8 @@ def main() -> int:
         lines += [
             "Each row is one kind of difference (rust-ws's answer vs python-ws's), with the",
             "shortest input that shows it; `live` = atheris asked rust-ws's `classify` about every",
-            "input it tried, `replay` = both corpora replayed through both twins.",
+            "input it tried, `replay` = both corpora replayed through both twins, `probes` = the",
+            "hand-written inputs in python-ws/fuzz/probes/ (not found by fuzzing).",
             "",
             "| difference | found by | shortest reproducer | rust-ws | python-ws |",
             "|---|---|---|---|---|",
@@ -186,9 +188,9 @@ def main() -> int:
             )
     else:
         lines.append("None: every input classified the same by both twins.")
-    replay_log = w / "replay.log"
-    if replay_log.exists():
-        lines += ["", "Replay: " + replay_log.read_text().splitlines()[0] + "."]
+    for name, log in (("Replay", "replay.log"), ("Probes", "probes.log")):
+        if (w / log).exists():
+            lines += ["", f"{name}: " + (w / log).read_text().splitlines()[0] + "."]
 
     other = [rec for rec in live if "rust" not in rec]
     lines += ["", "## Other findings", ""]
