@@ -7,6 +7,10 @@ corpora through both servers' message code (bench/fuzz.sh does; see bench/README
 
     python python-ws/fuzz/twins.py --rust rust-ws/fuzz/target/release/classify DIR...
 
+python-ws/fuzz/probes/ holds hand-written inputs (one file each, named for the case) that
+bench/fuzz.sh replays the same way: edge cases the fuzzers have not reached, kept as regression
+inputs.
+
 A classification is what PROTOCOL.md §3 makes both servers agree on, as one JSON-able dict:
 `{"code": "ok", "field": None, "msg": {type, user, text, ref, sent_at}}` for an accepted
 message, `{"code": "invalid_message", "field": "user", "msg": None}` for an error (`field`: the
