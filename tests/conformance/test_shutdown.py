@@ -9,6 +9,7 @@ import time
 
 import pytest
 from harness import running_server
+from websockets.exceptions import WebSocketException
 
 from .support import OP_CLOSE, Clients, unique_room, upgrade_status
 
@@ -47,8 +48,10 @@ def test_shutdown_does_not_wait_forever_for_a_silent_peer(kind):
         # Stopped accepting: a new upgrade is refused or fails, never a 101.
         try:
             status = upgrade_status(server)
-        except OSError:
-            status = None  # connection refused or reset: not accepting
+        except (OSError, WebSocketException):
+            # Refused, reset, or closed before any answer: the kernel may still complete a TCP
+            # handshake into the listen queue, which the exiting server then drops. Not a 101.
+            status = None
         assert status != 101, "a new WebSocket was accepted after SIGTERM"
         try:
             code = server.proc.wait(timeout=8)
