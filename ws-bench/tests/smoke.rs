@@ -54,7 +54,12 @@ fn start_rust_ws() -> Server {
     let bin = rust_ws_binary();
     // Ports below the ephemeral range (32768+), so no client's TIME_WAIT can be squatting on
     // them; a few tries in case another test run holds one.
-    let base = 20_000 + (std::process::id() % 5_000) as u16 * 2;
+    // Tests in this file run in parallel in one process, each with its own server: a counter
+    // keeps their ports apart (the pid alone gave them all the same one, and one test measured
+    // the other's server).
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let k = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let base = 20_000 + (std::process::id() % 2_000) as u16 * 5 + k * 1_000;
     for port in (base..).step_by(7).take(8) {
         let mut child = Command::new(&bin)
             .env("WS_HOST", "127.0.0.1")
@@ -71,7 +76,13 @@ fn start_rust_ws() -> Server {
                 break; // exited: most likely the port was taken
             }
             if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                return Server { child, port };
+                // Someone else may hold the port and ours be exiting on a failed bind: only a
+                // child still alive a moment later is the one listening.
+                std::thread::sleep(Duration::from_millis(300));
+                if let Ok(None) = child.try_wait() {
+                    return Server { child, port };
+                }
+                break;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
