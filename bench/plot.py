@@ -20,6 +20,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
+from matplotlib import ticker
 
 COLORS = {"rust-ws": "#c0392b", "python-ws": "#2c6fbb"}
 # The report's typography, spelled out so the linter doesn't take them for typos of x and -.
@@ -112,6 +113,11 @@ def series(ax, rows: list[dict], server: str, y, label: str | None = None, style
 def finish(fig, axes, path: Path, title: str, any_sat: bool) -> None:
     for ax in axes:
         ax.grid(True, which="both", alpha=0.3)
+        # "2 k" rather than 2×10³ on log axes.
+        for axis, scale in ((ax.xaxis, ax.get_xscale()), (ax.yaxis, ax.get_yscale())):
+            if scale == "log":
+                axis.set_major_formatter(ticker.EngFormatter(sep=" "))
+                axis.set_minor_formatter(ticker.NullFormatter())
         handles, labels = ax.get_legend_handles_labels()
         if any_sat:
             handles.append(
@@ -173,9 +179,9 @@ def main() -> None:
     p.add_argument("--meta", type=Path)
     p.add_argument("--outdir", required=True, type=Path)
     p.add_argument("--prefix", required=True)
-    a = p.parse_args()
-    d = a.outdir
-    rows, meta = load(a.data, a.meta)
+    args = p.parse_args()
+    d = args.outdir
+    rows, meta = load(args.data, args.meta)
     servers = meta.get("servers") or sorted({r["target"] for r in rows})
     slo_e = meta.get("slo_echo_ms", 50.0)
     slo_b = meta.get("slo_broadcast_ms", 250.0)
@@ -184,7 +190,7 @@ def main() -> None:
     figs: dict[str, str] = {}
 
     def img(name: str) -> str:
-        figs[name] = f"{a.prefix}-{name}.png"
+        figs[name] = f"{args.prefix}-{name}.png"
         return figs[name]
 
     # 1. Connections held.
@@ -490,8 +496,8 @@ def main() -> None:
 
     md.insert(0, budgets(rows, servers, knees, caps, slo_e, slo_b))
     md.insert(0, "## Sweeps (issue 13)\n")
-    (d / f"{a.prefix}-sweeps.md").write_text("\n".join(md))
-    print(f"wrote {d / (a.prefix + '-sweeps.md')} and {len(figs)} plots", file=sys.stderr)
+    (d / f"{args.prefix}-sweeps.md").write_text("\n".join(md))
+    print(f"wrote {d / (args.prefix + '-sweeps.md')} and {len(figs)} plots", file=sys.stderr)
 
 
 def after_idle(r: dict) -> str:
