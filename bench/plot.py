@@ -87,10 +87,19 @@ def ms(x: float | None) -> str:
 # ---- drawing -----------------------------------------------------------------------------------
 
 
-def series(ax, rows: list[dict], server: str, y, label: str | None = None, style: str = "-"):
-    """One server's line, its saturated steps drawn hollow with a red edge."""
+def series(
+    ax,
+    rows: list[dict],
+    server: str,
+    y,
+    label: str | None = None,
+    style: str = "-",
+    positive: bool = True,
+):
+    """One server's line, its saturated steps drawn hollow with a red edge. `positive`: drop
+    zeros (they can't go on a log axis)."""
     pts = [(r["x"], y(r), r.get("client_saturated", False)) for r in rows]
-    pts = [p for p in pts if p[1] is not None and p[1] > 0]
+    pts = [p for p in pts if p[1] is not None and (p[1] > 0 or not positive)]
     if not pts:
         return
     c = COLORS.get(server, "gray")
@@ -113,7 +122,7 @@ def series(ax, rows: list[dict], server: str, y, label: str | None = None, style
 def finish(fig, axes, path: Path, title: str, any_sat: bool) -> None:
     for ax in axes:
         ax.grid(True, which="both", alpha=0.3)
-        # "2 k" rather than 2×10³ on log axes.
+        # "2 k" rather than powers of ten on log axes.
         for axis, scale in ((ax.xaxis, ax.get_xscale()), (ax.yaxis, ax.get_yscale())):
             if scale == "log":
                 axis.set_major_formatter(ticker.EngFormatter(sep=" "))
@@ -200,7 +209,7 @@ def main() -> None:
             rs = of(rows, "conns", s)
             series(axes[0][0], rs, s, lambda r: (r["hold"].get("bytes_per_conn") or 0) / 1024)
             series(axes[0][1], rs, s, lambda r: r.get("conn_per_s"))
-            series(axes[1][0], rs, s, lambda r: r["hold"].get("idle_cpu_pct"))
+            series(axes[1][0], rs, s, lambda r: r["hold"].get("idle_cpu_pct"), positive=False)
             series(axes[1][1], rs, s, lambda r: (r["hold"].get("rss_at_n") or 0) / 1048576)
         slo_line(axes[0][0], 8.0, "rust-ws budget 8 KiB")
         for ax, t in zip(
