@@ -31,20 +31,25 @@ PID=$!
 for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.1; done
 sleep 1
 
-# run BIN MODE-ARGS... -> prints "cpu_ms deliveries client_cpu_pct"
+# CPU time of the server so far, in ms (utime + stime from /proc/PID/stat).
+server_ms() { awk -v hz="$(getconf CLK_TCK)" '{ sub(/.*\) /, ""); print ($12 + $13) * 1000 / hz }' "/proc/$PID/stat"; }
+
+# run BIN MODE-ARGS... -> prints "cpu_ms deliveries client_cpu_pct server_cpu_ms"
 run() {
   local bin=$1; shift
+  local s0
+  s0=$(server_ms)
   perf stat -x, -e task-clock -o "$WORK/perf" "${PIN_C[@]}" "$bin" --url "ws://127.0.0.1:$PORT/ws" \
     --pid "$PID" --json broadcast -c "$C" --rooms "$ROOMS" -d "$SECS" --drain-secs 5 "$@" >"$WORK/out"
   local ms deliv pct
   ms=$(awk -F, '/task-clock/ { print $1 }' "$WORK/perf")
   deliv=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(r["broadcast"]["delivered_total"])' "$WORK/out")
   pct=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(round(r["client_cpu_pct"]))' "$WORK/out")
-  echo "$ms $deliv $pct"
+  echo "$ms $deliv $pct $(python3 -c "print($(server_ms) - $s0)")"
 }
 
-echo "| run | binary | deliveries | ws-bench CPU (task-clock) | CPU per delivery | ws-bench CPU % in window |"
-echo "|---|---|---|---|---|---|"
+echo "| run | binary | deliveries | ws-bench CPU (task-clock) | ws-bench CPU per delivery | ws-bench CPU % in window | server CPU per delivery |"
+echo "|---|---|---|---|---|---|---|"
 shapes=("paced --rate $RATE")
 [[ "$CLOSED" == 1 ]] && shapes+=("closed")
 for shape in "${shapes[@]}"; do
@@ -53,9 +58,10 @@ for shape in "${shapes[@]}"; do
   for r in $(seq 1 "$ROUNDS"); do
     for which in before after; do
       bin=$A; [[ "$which" == after ]] && bin=$B
-      read -r ms deliv pct < <(run "$bin" "${extra[@]}")
+      read -r ms deliv pct sms < <(run "$bin" "${extra[@]}")
       per=$(python3 -c "print(f'{$ms * 1000 / max(1, $deliv):.2f} µs')")
-      echo "| $shape, round $r | $which | $deliv | $(printf '%.0f' "$ms") ms | $per | $pct % |"
+      sper=$(python3 -c "print(f'{$sms * 1000 / max(1, $deliv):.2f} µs')")
+      echo "| $shape, round $r | $which | $deliv | $(printf '%.0f' "$ms") ms | $per | $pct % | $sper |"
       sleep 1
     done
   done
