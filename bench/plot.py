@@ -190,6 +190,7 @@ def main() -> None:
     p.add_argument("--prefix", required=True)
     args = p.parse_args()
     d = args.outdir
+    d.mkdir(parents=True, exist_ok=True)
     rows, meta = load(args.data, args.meta)
     servers = meta.get("servers") or sorted({r["target"] for r in rows})
     slo_e = meta.get("slo_echo_ms", 50.0)
@@ -640,9 +641,14 @@ def budgets(rows, servers, knees, caps, slo_e, slo_b) -> str:
     if caps:
         a, b = caps.get("rust-ws"), caps.get("python-ws")
         ratio = f"{a / b:.2f}{TIMES}" if a and b else "-"
+        floor = ""
+        for s, v in (("rust-ws", a), ("python-ws", b)):
+            top_x = max((r["x"] for r in of(rows, "capacity", s)), default=None)
+            if v and v == top_x:
+                floor += f" ({s} met the SLO at the sweep's largest step: its figure is a floor)"
         out.append(
             f"| capacity: most clients in one room with p95 round trip ≤ {slo_b:g} ms | "
-            f"{num(a)} | {num(b)} | ratio {ratio} |"
+            f"{num(a)} | {num(b)} | ratio {ratio}{floor} |"
         )
     return "\n".join(out) + "\n"
 
