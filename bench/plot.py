@@ -234,9 +234,17 @@ def main() -> None:
         md.append(
             f"Each tier a fresh server (keepalive ping every {meta.get('ping_secs', '?')} s), a "
             "storm of handshakes from two ws-bench helper processes over two loopback source "
-            "addresses, held, then closed. The top tier is the open-files limit "
-            f"({meta.get('fd_cap', '?')} per process, which root can't raise here) less 100: "
-            "**that cap, not either server, is where this sweep stops on this machine**.\n"
+            "addresses, held, then closed. "
+            + (
+                "Quick mode: small tiers only; the full run adds 2.5k, 5k, 10k and the "
+                "open-files tier.\n"
+                if meta.get("quick")
+                else "The top tier is the open-files limit "
+                f"({meta.get('fd_cap', '?')} per process, which root can't raise here) less "
+                "100: **that cap, not either server, is where this sweep stops on this "
+                "machine**; failed handshakes there, if any, are counted by kind in the notes "
+                "(`too_many_files` is the cap).\n"
+            )
         )
         cols = [
             ("server", lambda r: r["target"]),
