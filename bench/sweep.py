@@ -357,6 +357,10 @@ def main() -> None:
     p.add_argument("--connect-concurrency", type=int, default=512)
     a = p.parse_args()
     a.sweeps = a.sweeps.split()
+    # The servers inherit this process's open-files limit: lift the soft limit to the hard one,
+    # as run.sh does, so a hold tier near the cap is the cap's doing, not a default of 1,024.
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     if a.capacity_rate is None:
         a.capacity_rate = 0.5 if a.quick else 0.1
     a.pin = a.pin and (os.cpu_count() or 1) >= 2 and shutil.which("taskset") is not None
