@@ -123,10 +123,18 @@ def finish(fig, axes, path: Path, title: str, any_sat: bool) -> None:
     for ax in axes:
         ax.grid(True, which="both", alpha=0.3)
         # "2 k" rather than powers of ten on log axes.
-        for axis, scale in ((ax.xaxis, ax.get_xscale()), (ax.yaxis, ax.get_yscale())):
+        for axis, scale, lim in (
+            (ax.xaxis, ax.get_xscale(), ax.get_xlim()),
+            (ax.yaxis, ax.get_yscale(), ax.get_ylim()),
+        ):
             if scale == "log":
                 axis.set_major_formatter(ticker.EngFormatter(sep=" "))
-                axis.set_minor_formatter(ticker.NullFormatter())
+                # Less than about a decade shown: label the minor ticks too, or there would be
+                # one label or none.
+                short = lim[0] > 0 and lim[1] / lim[0] < 20
+                axis.set_minor_formatter(
+                    ticker.EngFormatter(sep=" ") if short else ticker.NullFormatter()
+                )
         handles, labels = ax.get_legend_handles_labels()
         if any_sat:
             handles.append(
@@ -228,6 +236,7 @@ def main() -> None:
             ax.set_xlabel("connections held")
         axes[0][1].set_yscale("log")
         axes[1][1].set_yscale("log")
+        axes[1][0].set_ylim(bottom=0)
         finish(fig, axes.flat, d / img("conns"), "Connections held", sat_any("conns"))
         md.append("### 1. Connections held\n")
         md.append(f"![connections held]({figs['conns']})\n")
