@@ -119,6 +119,15 @@ def series(
         )
 
 
+def compact(v: float, _pos=None) -> str:
+    """Tick labels: 0.1, 20, 3 k, 2 M (not powers of ten, not SI prefixes below 1)."""
+    if v >= 1e6:
+        return f"{v / 1e6:g} M"
+    if v >= 1e3:
+        return f"{v / 1e3:g} k"
+    return f"{v:g}"
+
+
 def finish(fig, axes, path: Path, title: str, any_sat: bool) -> None:
     for ax in axes:
         ax.grid(True, which="both", alpha=0.3)
@@ -128,12 +137,12 @@ def finish(fig, axes, path: Path, title: str, any_sat: bool) -> None:
             (ax.yaxis, ax.get_yscale(), ax.get_ylim()),
         ):
             if scale == "log":
-                axis.set_major_formatter(ticker.EngFormatter(sep=" "))
+                axis.set_major_formatter(ticker.FuncFormatter(compact))
                 # Less than about a decade shown: label the minor ticks too, or there would be
                 # one label or none.
                 short = lim[0] > 0 and lim[1] / lim[0] < 20
                 axis.set_minor_formatter(
-                    ticker.EngFormatter(sep=" ") if short else ticker.NullFormatter()
+                    ticker.FuncFormatter(compact) if short else ticker.NullFormatter()
                 )
         handles, labels = ax.get_legend_handles_labels()
         if any_sat:
