@@ -144,6 +144,8 @@ def finish(fig, axes, path: Path, title: str, any_sat: bool) -> None:
                 axis.set_minor_formatter(
                     ticker.FuncFormatter(compact) if short else ticker.NullFormatter()
                 )
+                if short:
+                    axis.set_minor_locator(ticker.LogLocator(subs=(2, 3, 5)))
         handles, labels = ax.get_legend_handles_labels()
         if any_sat:
             handles.append(
