@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# Issue 8's benchmark matrix: rust-ws and python-ws, one after the other, on loopback, measured
-# with ws-bench. Writes bench/results/<UTC date>.md (plus the raw JSON lines beside it).
+# The lab's benchmark: issue 8's matrix, then issue 13's sweeps (bench/sweep.py) with their plots
+# (bench/plot.py), rust-ws and python-ws one after the other, on loopback, measured with ws-bench.
+# Writes bench/results/<UTC date>.md, its plots (<date>-*.png) and the raw JSON lines beside it.
 #
-#   bench/run.sh                      # the standard matrix (~5 min after the build)
-#   DURATION=5 HOLD_SECS=5 bench/run.sh   # shorter runs, same connection counts
+#   bench/run.sh                      # everything, full size (~40 min after the build)
+#   bench/run.sh --quick              # the whole pipeline at toy sizes (~6 min), into
+#                                     # bench/results/quick/: proves it works, measures nothing
+#   SWEEPS="" bench/run.sh            # the matrix only (~5 min)
+#   DURATION=5 HOLD_SECS=5 bench/run.sh   # shorter matrix runs, same connection counts
 #
 # Each server runs alone, pinned to CPU 0; ws-bench is pinned to CPU 1 so the client cannot steal
 # the server's core (PIN=0 turns pinning off). Both get a raised file-descriptor limit.
@@ -11,6 +15,26 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
+
+QUICK=${QUICK:-0}
+for arg in "$@"; do
+  case "$arg" in
+    --quick) QUICK=1 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    *) echo "run.sh: unknown argument $arg (only --quick)" >&2; exit 2 ;;
+  esac
+done
+if [[ "$QUICK" == 1 ]]; then
+  # Toy sizes for every knob not set by the caller: a pipeline check, not a measurement.
+  : "${HOLD_N:=500}" "${HOLD_SECS:=2}" "${SETTLE_SECS:=2}" "${ECHO_C:=20}" "${BCAST_C:=100}"
+  : "${SESSION_WORKERS:=5}" "${DURATION:=2}" "${CONNECT_CONCURRENCY:=64}"
+  RUST_ALLOC_VARIANT=${RUST_ALLOC_VARIANT-}
+  OUT=${OUT:-$ROOT/bench/results/quick/$(date -u +%Y-%m-%d).md}
+fi
+# Issue 13's sweeps, by name (bench/sweep.py); empty = the matrix only.
+SWEEPS=${SWEEPS-conns paths fanout msgsize knee-echo knee-broadcast capacity}
+SLO_ECHO_MS=${SLO_ECHO_MS:-50}
+SLO_BROADCAST_MS=${SLO_BROADCAST_MS:-250}
 
 RUST_PORT=${RUST_PORT:-28100}        # below the ephemeral range, so no client TIME_WAIT blocks the bind
 PY_PORT=${PY_PORT:-28101}
@@ -79,6 +103,13 @@ fi
   echo "run.sh: $PYTHON cannot import python_ws and tornado; install python-ws into .venv first" >&2
   exit 1
 }
+if [[ -n "$SWEEPS" ]]; then
+  "$PYTHON" -c 'import matplotlib' 2>/dev/null || {
+    echo "run.sh: $PYTHON cannot import matplotlib; run: $PYTHON -m pip install -r bench/requirements.txt" >&2
+    exit 1
+  }
+fi
+mkdir -p "$(dirname "$OUT")"
 
 port_of() { [[ "$1" == rust-ws ]] && echo "$RUST_PORT" || echo "$PY_PORT"; }
 
@@ -119,11 +150,18 @@ stop_server() {
   SERVER_PID=""
 }
 
+MATRIX_STEPS=$(( $(wc -w <<<"$SERVERS") * 6 ))
+MATRIX_DONE=0
+MATRIX_T0=$(date +%s)
 bench() {
   local name=$1 label=$2; shift 2
-  local port
+  local port left=""
   port=$(port_of "$name")
-  log "$name: $label"
+  if (( MATRIX_DONE > 0 )); then
+    left=", about $(( ($(date +%s) - MATRIX_T0) * (MATRIX_STEPS - MATRIX_DONE) / MATRIX_DONE ))s of the matrix left"
+  fi
+  MATRIX_DONE=$((MATRIX_DONE + 1))
+  log "[matrix $MATRIX_DONE/$MATRIX_STEPS] $name: $label$left"
   "${CLIENT_PIN[@]}" "$BENCH" --url "ws://127.0.0.1:$port/ws" --pid "$SERVER_PID" \
     --metrics-url "http://127.0.0.1:$port/metrics" --connect-concurrency "$CONNECT_CONCURRENCY" \
     --label "$label" --json "$@" | tee -a "$WORK/$name.jsonl" | summary
@@ -220,4 +258,36 @@ crate_version() { awk -v n="$1" '$0 == "name = \"" n "\"" { getline; gsub(/versi
   echo "Raw results: \`$(basename "${OUT%.md}")-$A.jsonl\`, \`$(basename "${OUT%.md}")-$B.jsonl\`."
   echo "How to read these figures, and where rust-ws's memory goes: [bench/README.md](../README.md)."
 } >"$OUT"
-log "wrote $OUT"
+log "wrote the matrix to $OUT"
+
+# ---- issue 13's sweeps ---------------------------------------------------------------------------
+if [[ -n "$SWEEPS" ]]; then
+  SWEEP_ARGS=(--out "$WORK/sweeps" --servers "$SERVERS" --sweeps "$SWEEPS" --bench "$BENCH"
+    --rust-bin "$TARGET_DIR/release/rust-ws" --python "$PYTHON" --rust-port "$RUST_PORT"
+    --py-port "$PY_PORT" --pin "$PIN" --connect-concurrency "$CONNECT_CONCURRENCY"
+    --slo-echo-ms "$SLO_ECHO_MS" --slo-broadcast-ms "$SLO_BROADCAST_MS")
+  [[ "$QUICK" == 1 ]] && SWEEP_ARGS+=(--quick)
+  log "sweeps: $SWEEPS"
+  "$PYTHON" "$ROOT/bench/sweep.py" "${SWEEP_ARGS[@]}"
+  PREFIX=$(basename "${OUT%.md}")
+  DEST=$(dirname "$OUT")
+  cp "$WORK/sweeps/sweeps.jsonl" "$DEST/$PREFIX-sweeps.jsonl"
+  cp "$WORK/sweeps/sweeps-meta.json" "$DEST/$PREFIX-sweeps-meta.json"
+  "$PYTHON" "$ROOT/bench/plot.py" --data "$DEST/$PREFIX-sweeps.jsonl" \
+    --meta "$DEST/$PREFIX-sweeps-meta.json" --outdir "$DEST" --prefix "$PREFIX"
+  {
+    echo
+    if [[ "$QUICK" == 1 ]]; then
+      echo "> **Quick mode** (\`bench/run.sh --quick\`): toy sizes and 2 s steps on a shared machine."
+      echo "> This proves the pipeline (sweeps → JSON lines → plots → report); its figures are not"
+      echo "> measurements of either server."
+      echo
+    fi
+    cat "$DEST/$PREFIX-sweeps.md"
+    echo
+    echo "Sweep data: \`$PREFIX-sweeps.jsonl\` (one ws-bench report per step, with \`sweep\`, \`x\` and"
+    echo "\`target\`), \`$PREFIX-sweeps-meta.json\` (SLOs and settings); plots by \`bench/plot.py\`."
+  } >>"$OUT"
+  rm -f "$DEST/$PREFIX-sweeps.md"
+  log "wrote the sweeps and their plots beside $OUT"
+fi

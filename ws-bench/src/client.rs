@@ -4,14 +4,16 @@
 //! them; nothing here panics on what a server sends.
 
 use std::borrow::Cow;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::tungstenite::Error as WsError;
+pub use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 use crate::target::Target;
@@ -74,6 +76,120 @@ pub fn parse(text: &str) -> Result<Incoming<'_>, Fail> {
     serde_json::from_str(text).map_err(|e| Fail::new("bad_json", format!("{e}: {}", clip(text))))
 }
 
+/// The fields a receiver counts (`type`, `from`, `seq`, `sent_at`), and nothing else.
+#[derive(Debug, PartialEq)]
+pub struct Delivery<'a> {
+    /// `broadcast` (true) or `echo` (false).
+    pub broadcast: bool,
+    pub from: &'a str,
+    pub seq: u64,
+    pub sent_at: Option<u64>,
+}
+
+/// What `scan` made of a server message.
+#[derive(Debug, PartialEq)]
+pub enum Scanned<'a> {
+    Reply(Delivery<'a>),
+    /// Not a broadcast or echo, or a shape the scan doesn't vouch for: give it to [`parse`].
+    Other,
+}
+
+/// A cheap look at one server message (a broadcast or an echo) for the fields a receiver counts
+/// (`type`, `from`, `seq`, `sent_at`), without building the whole object: a broadcast receiver
+/// runs this once per delivery, hundreds of thousands of times a second, and the full serde parse (every field,
+/// `text` included) was a visible share of ws-bench's CPU per delivery.
+///
+/// Sound for any flat JSON object: a key is a `"name"` whose opening quote follows `{` or `,`
+/// (whitespace allowed); inside a JSON string a raw `"` is always escaped, so a key's spelling
+/// inside `text` or `user` can't be mistaken for the key. Anything unexpected (escapes in
+/// `from`, a non-integer number, a missing field) gives [`Scanned::Other`], and the caller
+/// falls back to the full parse.
+pub fn scan(text: &str) -> Scanned<'_> {
+    let b = text.as_bytes();
+    let broadcast = match key_value(b, b"type") {
+        Some(b"\"broadcast\"") => true,
+        Some(b"\"echo\"") => false,
+        _ => return Scanned::Other,
+    };
+    let from = match key_value(b, b"from") {
+        Some(v) if v.len() >= 2 && v[0] == b'"' && !v[1..v.len() - 1].contains(&b'\\') => {
+            // Bounds are on ASCII quotes, so the slice is on char boundaries.
+            &text[offset(b, v) + 1..offset(b, v) + v.len() - 1]
+        }
+        _ => return Scanned::Other,
+    };
+    let Some(seq) = key_value(b, b"seq").and_then(int) else {
+        return Scanned::Other;
+    };
+    let sent_at = match key_value(b, b"sent_at") {
+        Some(b"null") | None => None,
+        Some(v) => match int(v) {
+            Some(n) => Some(n),
+            None => return Scanned::Other,
+        },
+    };
+    Scanned::Reply(Delivery {
+        broadcast,
+        from,
+        seq,
+        sent_at,
+    })
+}
+
+fn offset(whole: &[u8], part: &[u8]) -> usize {
+    part.as_ptr() as usize - whole.as_ptr() as usize
+}
+
+/// A non-negative JSON integer literal that fits in u64.
+fn int(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+/// The raw value of top-level key `key` in a flat JSON object: a string with its quotes, or the
+/// bytes of a literal/number up to the next `,` or `}`.
+fn key_value<'a>(b: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
+    let mut from = 0;
+    // Bounded: each pass moves past one occurrence.
+    while let Some(i) = memchr::memmem::find(&b[from..], key).map(|i| i + from) {
+        from = i + key.len();
+        let quoted = i >= 1 && b[i - 1] == b'"' && b.get(i + key.len()) == Some(&b'"');
+        if !quoted {
+            continue;
+        }
+        let before = b[..i - 1].iter().rev().find(|c| !c.is_ascii_whitespace());
+        if !matches!(before, Some(b'{') | Some(b',')) {
+            continue;
+        }
+        let mut j = i + key.len() + 1;
+        while b.get(j).is_some_and(u8::is_ascii_whitespace) {
+            j += 1;
+        }
+        if b.get(j) != Some(&b':') {
+            continue;
+        }
+        j += 1;
+        while b.get(j).is_some_and(u8::is_ascii_whitespace) {
+            j += 1;
+        }
+        let start = j;
+        if b.get(j) == Some(&b'"') {
+            j += 1;
+            while j < b.len() && b[j] != b'"' {
+                j += if b[j] == b'\\' { 2 } else { 1 };
+            }
+            return b.get(start..=j);
+        }
+        while j < b.len() && !matches!(b[j], b',' | b'}') && !b[j].is_ascii_whitespace() {
+            j += 1;
+        }
+        return Some(&b[start..j]);
+    }
+    None
+}
+
 fn clip(s: &str) -> &str {
     match s.char_indices().nth(120) {
         Some((i, _)) => &s[..i],
@@ -101,6 +217,68 @@ pub fn broadcast_msg(text: &str, reference: &str, sent_at_us: u64) -> Message {
     Message::text(format!(
         r#"{{"type":"broadcast","user":"bench","text":"{text}","ref":"{reference}","sent_at":{sent_at_us}}}"#
     ))
+}
+
+/// The protocol's longest `text` (PROTOCOL.md §3), in characters.
+pub const MAX_TEXT: usize = 4096;
+
+/// A client message built once: only `sent_at` changes per send, so a send costs one allocation
+/// and two copies, not a `format!` of the whole object.
+///
+/// `sized` makes messages of an exact size on the wire (with a 16-digit `sent_at`, microseconds
+/// since the epoch, as every `now_us()` until 2286 is). The protocol caps `text` at 4,096
+/// characters, so past that the rest is a `pad` field, which the protocol ignores ("anything
+/// else: ignored"): the server reads and parses every byte, the reply carries `text` only.
+#[derive(Debug, Clone)]
+pub struct Template {
+    head: String,
+    tail: String,
+}
+
+const SENT_AT_DIGITS: usize = 16;
+
+impl Template {
+    pub fn new(kind: &str, text: &str, pad: usize) -> Template {
+        let mut tail = String::from("}");
+        if pad > 0 {
+            tail = format!(r#","pad":"{}"}}"#, "p".repeat(pad));
+        }
+        Template {
+            // A one-letter user: the shortest echo with a 16-digit sent_at is then exactly 64
+            // bytes, the message size sweep's smallest step.
+            head: format!(r#"{{"type":"{kind}","user":"b","text":"{text}","sent_at":"#),
+            tail,
+        }
+    }
+
+    /// A message of `kind` that is `bytes` long on the wire (at least the shortest such message).
+    pub fn sized(kind: &str, bytes: usize) -> Template {
+        let bare = Template::new(kind, "", 0).len();
+        let room = bytes.saturating_sub(bare).max(1);
+        if room <= MAX_TEXT {
+            return Template::new(kind, &"x".repeat(room), 0);
+        }
+        let with_pad = Template::new(kind, &"x".repeat(MAX_TEXT), 0).len() + r#","pad":"""#.len();
+        Template::new(
+            kind,
+            &"x".repeat(MAX_TEXT),
+            bytes.saturating_sub(with_pad).max(1),
+        )
+    }
+
+    /// Bytes of one message on the wire (payload), with a 16-digit `sent_at`.
+    pub fn len(&self) -> usize {
+        self.head.len() + SENT_AT_DIGITS + self.tail.len()
+    }
+
+    pub fn at(&self, sent_at_us: u64) -> Message {
+        use std::fmt::Write;
+        let mut s = String::with_capacity(self.head.len() + 20 + self.tail.len());
+        s.push_str(&self.head);
+        let _ = write!(s, "{sent_at_us}");
+        s.push_str(&self.tail);
+        Message::text(s)
+    }
 }
 
 pub struct Conn {
@@ -140,15 +318,33 @@ fn io_fail(io: &std::io::Error) -> Fail {
     Fail::new(kind, io.to_string())
 }
 
+/// A TCP connection to `to`, from `source` if given (port chosen by the kernel).
+///
+/// Loopback has ~28,000 ephemeral ports (32768-60999) per source address and destination, so one
+/// source address can't open 100,000 connections to one server port; spreading them over
+/// 127.0.0.2, 127.0.0.3, ... multiplies that.
+async fn tcp(to: SocketAddr, source: Option<IpAddr>) -> std::io::Result<TcpStream> {
+    let Some(src) = source else {
+        return TcpStream::connect(to).await;
+    };
+    let sock = match to {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    sock.bind(SocketAddr::new(src, 0))?;
+    sock.connect(to).await
+}
+
 /// Opens a connection and reads the welcome, all within `timeout`.
 pub async fn connect(
     t: &Target,
     room: Option<&str>,
     cfg: WebSocketConfig,
     timeout: Duration,
+    source: Option<IpAddr>,
 ) -> Result<Conn, Fail> {
     let fut = async {
-        let tcp = TcpStream::connect(t.addr).await.map_err(|e| io_fail(&e))?;
+        let tcp = tcp(t.addr, source).await.map_err(|e| io_fail(&e))?;
         // Small request/response messages: don't let Nagle hold them back.
         let _ = tcp.set_nodelay(true);
         let (mut ws, _resp) =
@@ -201,6 +397,13 @@ pub async fn recv_text(ws: &mut Ws) -> Result<tokio_tungstenite::tungstenite::Ut
 
 pub async fn send(ws: &mut Ws, m: Message) -> Result<(), Fail> {
     ws.send(m).await.map_err(classify)
+}
+
+/// Ends a connection abruptly: `SO_LINGER` 0, then drop, so the kernel sends an RST instead of a
+/// FIN and the server sees a reset with no close frame.
+pub fn reset(ws: Ws) {
+    let _ = ws.get_ref().set_zero_linger();
+    drop(ws);
 }
 
 /// Close handshake: send 1000, wait (bounded) for the server's close and EOF.
@@ -263,6 +466,99 @@ mod tests {
         assert_eq!(parse("not json").unwrap_err().kind, "bad_json");
         assert_eq!(parse(r#"{"sent_at":1.5}"#).unwrap_err().kind, "bad_json");
         assert!(parse(&"x".repeat(10_000)).unwrap_err().detail.len() < 300);
+    }
+
+    #[test]
+    fn scan_reads_what_a_receiver_needs() {
+        let b = r#"{"type":"broadcast","from":"17","user":"a\"b","text":"hi","ref":"r1","sent_at":1732358400000123,"seq":42,"server_ts":1}"#;
+        assert_eq!(
+            scan(b),
+            Scanned::Reply(Delivery {
+                broadcast: true,
+                from: "17",
+                seq: 42,
+                sent_at: Some(1_732_358_400_000_123)
+            })
+        );
+        // Order and whitespace are free; a null sent_at is None.
+        let e = r#"{ "seq" : 0, "sent_at": null, "from":"9", "type" : "echo" }"#;
+        assert_eq!(
+            scan(e),
+            Scanned::Reply(Delivery {
+                broadcast: false,
+                from: "9",
+                seq: 0,
+                sent_at: None
+            })
+        );
+        // The same verdict as the full parse on every field, for the servers' real shapes.
+        for m in [
+            b,
+            r#"{"type":"broadcast","from":"3","user":"bench","text":"xxxx","ref":null,"sent_at":5,"seq":7,"server_ts":9}"#,
+        ] {
+            let (Scanned::Reply(d), Ok(full)) = (scan(m), parse(m)) else {
+                panic!("{m}")
+            };
+            assert_eq!(
+                (Some(d.from), Some(d.seq), d.sent_at),
+                (full.from.as_deref(), full.seq, full.sent_at)
+            );
+        }
+    }
+
+    #[test]
+    fn scan_is_not_fooled_by_keys_inside_strings() {
+        // A text that spells other keys: the real ones come from the structure, not the text.
+        let m = r#"{"type":"broadcast","text":"\"seq\":99,\"from\":\"x\"","from":"4","seq":2,"sent_at":1}"#;
+        let Scanned::Reply(d) = scan(m) else { panic!() };
+        assert_eq!((d.from, d.seq), ("4", 2));
+        // type spelled inside a string only: not a reply.
+        let m = r#"{"type":"welcome","text":",\"type\":\"broadcast\""}"#;
+        assert_eq!(scan(m), Scanned::Other);
+        // Shapes the scan won't vouch for go to the full parse.
+        for m in [
+            r#"{"type":"broadcast","from":"a\"b","seq":1}"#,
+            r#"{"type":"broadcast","from":"1","seq":1.5}"#,
+            r#"{"type":"broadcast","from":"1","seq":-1}"#,
+            r#"{"type":"broadcast","from":"1"}"#,
+            r#"{"type":"broadcast","from":"1","seq":1,"sent_at":"7"}"#,
+            r#"{"type":"error","code":"invalid_json"}"#,
+            "not json",
+            "",
+            r#"{"type":"broadcast","from":"#,
+        ] {
+            assert_eq!(scan(m), Scanned::Other, "{m}");
+        }
+    }
+
+    #[test]
+    fn templates_make_exact_sizes_within_the_protocol() {
+        for bytes in [64, 1024, 4000, 16 * 1024, 64 * 1024] {
+            let t = Template::sized("echo", bytes);
+            let Message::Text(m) = t.at(now_us()) else {
+                panic!()
+            };
+            assert_eq!(m.len(), bytes, "{bytes}");
+            assert_eq!(t.len(), bytes);
+            let v: serde_json::Value = serde_json::from_str(m.as_str()).unwrap();
+            assert_eq!(v["type"], "echo");
+            let text = v["text"].as_str().unwrap().chars().count();
+            assert!((1..=MAX_TEXT).contains(&text), "{text}");
+            assert!(v["sent_at"].as_u64().unwrap() > 1_600_000_000_000_000);
+        }
+        // Smaller than the bare message: the shortest valid one.
+        let Message::Text(m) = Template::sized("echo", 1).at(1) else {
+            panic!()
+        };
+        let v: serde_json::Value = serde_json::from_str(m.as_str()).unwrap();
+        assert_eq!(v["text"], "x");
+        let Message::Text(m) = Template::new("broadcast", "hi", 0).at(42) else {
+            panic!()
+        };
+        assert_eq!(
+            m.as_str(),
+            r#"{"type":"broadcast","user":"b","text":"hi","sent_at":42}"#
+        );
     }
 
     #[test]

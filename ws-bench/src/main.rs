@@ -11,6 +11,8 @@
 //! cargo run --release -p ws-bench -- echo -c 1000 -d 10                        # closed loop
 //! cargo run --release -p ws-bench -- echo -c 1000 -d 10 --requests-per-conn 5  # then reconnect
 //! cargo run --release -p ws-bench -- broadcast -c 1000 --rooms 10 -d 10        # --rate 0 = closed loop
+//! cargo run --release -p ws-bench -- echo -c 100 -d 10 --rate 20000 --msg-bytes 1024  # open loop
+//! cargo run --release -p ws-bench -- --source-addrs 4 hold -n 100000 --procs 6 --exchange error --end reset
 //! cargo run --release -p ws-bench -- sessions -c 50 -d 10
 //! cargo run --release -p ws-bench -- compare rust.jsonl python.jsonl          # side by side + budgets
 //! cargo run --release -p ws-bench -- show rust.jsonl                          # JSON lines as tables
@@ -81,9 +83,15 @@ struct Common {
     /// Seconds allowed for TCP connect + upgrade + welcome.
     #[arg(long, global = true, default_value_t = 10.0)]
     connect_timeout: f64,
-    /// Client read buffer per connection, bytes.
-    #[arg(long, global = true, default_value_t = 4096)]
-    read_buffer: usize,
+    /// Client read buffer per connection, bytes; default 4096, and 16384 for broadcast, whose
+    /// receivers read many small frames at a time.
+    #[arg(long, global = true)]
+    read_buffer: Option<usize>,
+    /// Spread connections over this many loopback source addresses (127.0.0.2, 127.0.0.3, ...);
+    /// 0 = the kernel's choice (127.0.0.1). Each source address gives ~28,000 ephemeral ports
+    /// towards one server port, so 100,000 connections need at least 4.
+    #[arg(long, global = true, default_value_t = 0)]
+    source_addrs: u8,
     /// Characters of `text` per message (1-4096).
     #[arg(long, global = true, default_value_t = 16)]
     text_len: usize,
@@ -104,9 +112,33 @@ enum Mode {
         /// Seconds after the last close before reading idle RSS again.
         #[arg(long, default_value_t = 5.0)]
         settle_secs: f64,
-        /// Don't exchange one echo per connection after the welcome.
+        /// Don't exchange a message after the welcome (same as --exchange none).
         #[arg(long)]
         no_exchange: bool,
+        /// What each connection sends once after its welcome.
+        #[arg(long, value_enum, default_value = "echo")]
+        exchange: modes::Exchange,
+        /// How each connection ends: a close handshake, or an abrupt reset (SO_LINGER 0, RST).
+        #[arg(long, value_enum, default_value = "close")]
+        end: modes::End,
+        /// Open the connections from this many helper processes (each has its own open-files
+        /// limit); 1 = this process.
+        #[arg(long, default_value_t = 1)]
+        procs: usize,
+    },
+    /// A hold's helper process (started by `hold --procs`; not for direct use).
+    #[command(hide = true)]
+    HoldAgent {
+        #[arg(short = 'n', long)]
+        connections: u64,
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
+        #[arg(long, value_enum)]
+        exchange: modes::Exchange,
+        #[arg(long, value_enum)]
+        end: modes::End,
+        #[arg(long, default_value_t = 0)]
+        index: u64,
     },
     /// Closed-loop echo request/response on C connections.
     Echo {
@@ -117,6 +149,17 @@ enum Mode {
         /// Close and reconnect after this many requests; 0 = never.
         #[arg(long, default_value_t = 0)]
         requests_per_conn: u64,
+        /// Open loop: this many requests per second in all, on a fixed schedule, latency from
+        /// each one's scheduled time; 0 = closed loop.
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
+        /// Bytes per request on the wire (past 4,096 characters of text, an ignored `pad` field
+        /// fills it); 0 = a message with --text-len characters of text.
+        #[arg(long, default_value_t = 0)]
+        msg_bytes: usize,
+        /// Open loop: longest wait after the window for outstanding replies.
+        #[arg(long, default_value_t = 5.0)]
+        drain_secs: f64,
     },
     /// C connections over R rooms, each sending broadcasts; deliveries/s and fan-out latency.
     Broadcast {
@@ -208,7 +251,10 @@ fn run(cli: Cli) -> Result<(), String> {
     }
     let nofile = sys::raise_nofile().map_err(|e| format!("cannot raise RLIMIT_NOFILE: {e}"))?;
     let needed = match &cli.mode {
-        Mode::Hold { connections, .. }
+        Mode::Hold {
+            connections, procs, ..
+        } => connections.div_ceil((*procs).max(1) as u64),
+        Mode::HoldAgent { connections, .. }
         | Mode::Echo { connections, .. }
         | Mode::Broadcast { connections, .. } => *connections,
         Mode::Sessions { workers, .. } => *workers,
@@ -216,9 +262,29 @@ fn run(cli: Cli) -> Result<(), String> {
     };
     if needed + 64 > nofile {
         return Err(format!(
-            "{needed} connections need more file descriptors than RLIMIT_NOFILE allows ({nofile})"
+            "{needed} connections need more file descriptors than RLIMIT_NOFILE allows ({nofile}) in one process: spread them with hold --procs"
         ));
     }
+    if c.source_addrs > 0 && !target.addr.is_ipv4() {
+        return Err("--source-addrs needs an IPv4 (127.x) target".into());
+    }
+    if let Mode::Echo { msg_bytes, .. } = &cli.mode {
+        if *msg_bytes > 64 << 20 {
+            return Err("--msg-bytes: at most 64 MiB".into());
+        }
+    }
+    if let Mode::Hold { procs, .. } = &cli.mode {
+        if !(1..=64).contains(procs) {
+            return Err("--procs must be 1-64".into());
+        }
+    }
+    let sources: Vec<std::net::IpAddr> = (0..c.source_addrs)
+        .map(|k| std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2 + k)))
+        .collect();
+    let read_buffer = c.read_buffer.unwrap_or(match cli.mode {
+        Mode::Broadcast { .. } => 16 * 1024,
+        _ => 4096,
+    });
     let threads = c.threads.unwrap_or_else(sys::usable_cores).max(1);
     let ctx = Ctx {
         target,
@@ -226,12 +292,14 @@ fn run(cli: Cli) -> Result<(), String> {
             pid: c.pid,
             metrics,
         },
-        cfg: client::ws_config(c.read_buffer.max(256)),
+        cfg: client::ws_config(read_buffer.max(256)),
         connect_timeout: secs(c.connect_timeout, "--connect-timeout")?,
         connect_sem: Arc::new(tokio::sync::Semaphore::new(c.connect_concurrency)),
         text: "x".repeat(c.text_len),
         threads,
         label: c.label.clone(),
+        sources: Arc::new(sources),
+        next_source: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
     };
     // One thread: the current-thread scheduler, which skips work-stealing's atomics.
     let rt = if threads == 1 {
@@ -252,25 +320,81 @@ fn run(cli: Cli) -> Result<(), String> {
             hold_secs,
             settle_secs,
             no_exchange,
+            exchange,
+            end,
+            procs,
         } => {
+            // What a helper process needs to connect as this one would; each gets its share of
+            // the handshakes in flight.
+            let mut agent_args = vec![
+                "--url".to_string(),
+                c.url.clone(),
+                "--connect-timeout".into(),
+                c.connect_timeout.to_string(),
+                "--read-buffer".into(),
+                read_buffer.to_string(),
+                "--text-len".into(),
+                c.text_len.to_string(),
+                "--source-addrs".into(),
+                c.source_addrs.to_string(),
+                "--connect-concurrency".into(),
+                (c.connect_concurrency / procs.max(1)).max(1).to_string(),
+            ];
+            if let Some(t) = c.threads {
+                agent_args.extend(["--threads".into(), t.to_string()]);
+            }
             let o = modes::HoldOpts {
                 connections,
                 rate: rate.max(0.0),
                 hold: secs(hold_secs, "--hold-secs")?,
                 settle: secs(settle_secs, "--settle-secs")?,
-                exchange: !no_exchange,
+                exchange: if no_exchange {
+                    modes::Exchange::None
+                } else {
+                    exchange
+                },
+                end,
+                procs,
+                agent_args,
             };
             rt.block_on(modes::hold(ctx, o))
+        }
+        Mode::HoldAgent {
+            connections,
+            rate,
+            exchange,
+            end,
+            index,
+        } => {
+            let r = rt.block_on(modes::agent(
+                ctx,
+                connections,
+                rate.max(0.0),
+                exchange,
+                end,
+                index,
+            ));
+            rt.shutdown_timeout(Duration::from_secs(1));
+            return r;
         }
         Mode::Echo {
             connections,
             duration_secs,
             requests_per_conn,
+            rate,
+            msg_bytes,
+            drain_secs,
         } => {
+            if rate > 0.0 && requests_per_conn > 0 {
+                return Err("--rate (open loop) and --requests-per-conn don't go together".into());
+            }
             let o = modes::EchoOpts {
                 connections,
                 duration: secs(duration_secs, "--duration-secs")?,
                 requests_per_conn: (requests_per_conn > 0).then_some(requests_per_conn),
+                rate: if rate.is_finite() { rate.max(0.0) } else { 0.0 },
+                msg_bytes,
+                drain: secs(drain_secs, "--drain-secs")?,
             };
             rt.block_on(modes::echo(ctx, o))
         }

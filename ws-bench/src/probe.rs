@@ -74,6 +74,12 @@ impl Probe {
         metric_value(&text, name)
     }
 
+    /// A histogram family (unlabelled) from the server's `/metrics`, if there is a metrics URL.
+    pub async fn histogram(&self, name: &str) -> Option<PromHist> {
+        let text = scrape(self.metrics.as_ref()?).await.ok()?;
+        histogram_value(&text, name)
+    }
+
     /// Samples RSS in the background until the returned guard is stopped; keeps the maximum.
     pub fn watch_rss(&self) -> RssWatch {
         let max = Arc::new(AtomicU64::new(0));
@@ -172,6 +178,81 @@ pub fn metric_value(text: &str, name: &str) -> Option<f64> {
     })
 }
 
+/// A Prometheus histogram as scraped: cumulative counts by upper bound (`le`, ending at +Inf)
+/// and the sum of observations.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PromHist {
+    pub buckets: Vec<(f64, f64)>,
+    pub sum: f64,
+}
+
+impl PromHist {
+    /// Observations between an earlier scrape and this one.
+    pub fn since(&self, before: &PromHist) -> PromHist {
+        let buckets = self
+            .buckets
+            .iter()
+            .map(|&(le, c)| {
+                let b = before
+                    .buckets
+                    .iter()
+                    .find(|(l, _)| *l == le)
+                    .map_or(0.0, |x| x.1);
+                (le, (c - b).max(0.0))
+            })
+            .collect();
+        PromHist {
+            buckets,
+            sum: (self.sum - before.sum).max(0.0),
+        }
+    }
+
+    pub fn count(&self) -> f64 {
+        self.buckets.last().map_or(0.0, |b| b.1)
+    }
+
+    /// The q-quantile as Prometheus's `histogram_quantile` estimates it: linear within the
+    /// bucket it falls in; the largest finite bound if it falls in +Inf.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        let n = self.count();
+        if n <= 0.0 {
+            return None;
+        }
+        let rank = q * n;
+        let mut prev = (0.0, 0.0);
+        for &(le, c) in &self.buckets {
+            if c >= rank {
+                if le.is_infinite() {
+                    return Some(prev.0);
+                }
+                let inb = c - prev.1;
+                let frac = if inb > 0.0 {
+                    (rank - prev.1) / inb
+                } else {
+                    1.0
+                };
+                return Some(prev.0 + (le - prev.0) * frac);
+            }
+            prev = (le, c);
+        }
+        Some(prev.0)
+    }
+}
+
+/// The unlabelled histogram `name` in Prometheus text format.
+pub fn histogram_value(text: &str, name: &str) -> Option<PromHist> {
+    let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).ok()?;
+    let mut buckets = scrape.samples.iter().find_map(|s| match &s.value {
+        Value::Histogram(h) if s.metric == name && s.labels.is_empty() => {
+            Some(h.iter().map(|b| (b.less_than, b.count)).collect::<Vec<_>>())
+        }
+        _ => None,
+    })?;
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let sum = metric_value(text, &format!("{name}_sum")).unwrap_or(0.0);
+    Some(PromHist { buckets, sum })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,6 +298,35 @@ mod tests {
         );
         assert_eq!(metric_value(text, "ws_message_latency_seconds"), None);
         assert_eq!(metric_value("", "ws_connections"), None);
+    }
+
+    #[test]
+    fn histogram_deltas_and_quantiles() {
+        let scrape = |a: u32, b: u32, c: u32, sum: f64| {
+            format!(
+                "# TYPE ws_broadcast_duration_seconds histogram\n\
+                 ws_broadcast_duration_seconds_bucket{{le=\"0.00001\"}} {a}\n\
+                 ws_broadcast_duration_seconds_bucket{{le=\"0.001\"}} {b}\n\
+                 ws_broadcast_duration_seconds_bucket{{le=\"+Inf\"}} {c}\n\
+                 ws_broadcast_duration_seconds_sum {sum}\n\
+                 ws_broadcast_duration_seconds_count {c}\n"
+            )
+        };
+        let before =
+            histogram_value(&scrape(5, 5, 5, 0.00002), "ws_broadcast_duration_seconds").unwrap();
+        let after = histogram_value(
+            &scrape(5, 105, 105, 0.05002),
+            "ws_broadcast_duration_seconds",
+        )
+        .unwrap();
+        let d = after.since(&before);
+        assert_eq!(d.count(), 100.0);
+        assert!((d.sum - 0.05).abs() < 1e-9);
+        // All 100 new observations are in (10 µs, 1 ms]: the median is half way.
+        let p50 = d.quantile(0.5).unwrap();
+        assert!((p50 - 0.000505).abs() < 1e-9, "{p50}");
+        assert_eq!(PromHist::default().quantile(0.5), None);
+        assert!(histogram_value(&scrape(1, 1, 1, 0.0), "missing").is_none());
     }
 
     #[test]

@@ -30,6 +30,19 @@ impl SharedHist {
         let h = self.0.lock().unwrap_or_else(|p| p.into_inner());
         Latency::of(&h)
     }
+    /// The histogram as (value, count) pairs, for another process to merge (`add_pairs`).
+    pub fn pairs(&self) -> Vec<(u64, u64)> {
+        let h = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        h.iter_recorded()
+            .map(|v| (v.value_iterated_to(), v.count_at_value()))
+            .collect()
+    }
+    pub fn add_pairs(&self, pairs: &[(u64, u64)]) {
+        let mut h = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        for &(v, n) in pairs {
+            h.saturating_record_n(v.max(1), n);
+        }
+    }
     fn add(&self, samples: &[u64]) {
         let mut h = self.0.lock().unwrap_or_else(|p| p.into_inner());
         for &s in samples {
@@ -120,6 +133,51 @@ pub struct HoldStats {
     pub server_connections_at_n: Option<f64>,
     pub server_connections_after: Option<f64>,
     pub settle_after_s: f64,
+    /// What each connection sent once (`none`, `echo`, `error`, `broadcast`) and how it ended
+    /// (`close`, `reset`): memory coming back depends on the path.
+    #[serde(default)]
+    pub exchange: String,
+    #[serde(default)]
+    pub end: String,
+    /// Server CPU (percent of one core) while all connections were held idle: keepalive pings.
+    #[serde(default)]
+    pub idle_cpu_pct: Option<f64>,
+    /// Client processes and loopback source addresses the connections were spread over.
+    #[serde(default)]
+    pub procs: u64,
+    #[serde(default)]
+    pub source_addrs: u64,
+    /// ws-bench's own open-files limit (per process).
+    #[serde(default)]
+    pub client_nofile: Option<u64>,
+}
+
+/// A server-side histogram over one run (from `/metrics` before and after), in microseconds.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+pub struct ServerTimer {
+    pub count: f64,
+    pub mean_us: Option<f64>,
+    pub p50_us: Option<f64>,
+    pub p95_us: Option<f64>,
+    pub p99_us: Option<f64>,
+}
+
+/// Echo's own figures: sizes, bytes moved, and for an open-loop run what was offered.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+pub struct EchoStats {
+    /// Bytes of one request on the wire (payload).
+    pub msg_bytes: u64,
+    /// Requests per second offered in total (open loop); 0 = closed loop.
+    pub rate: f64,
+    pub sent: u64,
+    /// Sends skipped because a connection already had too many replies outstanding.
+    pub skipped: u64,
+    /// Replies that never came within the drain.
+    pub missing: u64,
+    pub sent_bytes: u64,
+    pub recv_bytes: u64,
+    pub sent_mb_per_s: f64,
+    pub recv_mb_per_s: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
@@ -135,6 +193,18 @@ pub struct BroadcastStats {
     pub expected: u64,
     /// Deliveries received in the run and the drain after it (of messages sent in the run).
     pub delivered_total: u64,
+    /// Sends skipped because the sender already had too many of its own broadcasts outstanding.
+    #[serde(default)]
+    pub skipped: u64,
+    /// Members per room (the fan-out), as opened.
+    #[serde(default)]
+    pub members: u64,
+    /// Round trip of each sender's own broadcasts (send time to its own receipt).
+    #[serde(default)]
+    pub own_rtt: Option<Latency>,
+    /// The server's `ws_broadcast_duration_seconds` over the same run (enqueueing the fan-out).
+    #[serde(default)]
+    pub server_fanout: Option<ServerTimer>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
@@ -170,6 +240,8 @@ pub struct Report {
     pub client_peak_rss: Option<u64>,
     pub hold: Option<HoldStats>,
     pub broadcast: Option<BroadcastStats>,
+    #[serde(default)]
+    pub echo: Option<EchoStats>,
     pub notes: Vec<String>,
 }
 
@@ -199,6 +271,11 @@ impl Report {
                     _ => "-".into(),
                 },
             ));
+        }
+        if let Some(e) = &self.echo {
+            c.push(("msg bytes", e.msg_bytes.to_string()));
+            c.push(("MB/s out", format!("{:.1}", e.sent_mb_per_s)));
+            c.push(("MB/s in", format!("{:.1}", e.recv_mb_per_s)));
         }
         if let Some(b) = &self.broadcast {
             c.push(("deliveries/s", num(Some(b.deliveries_per_s))));

@@ -41,6 +41,11 @@ pub fn raise_nofile() -> io::Result<u64> {
     Ok(hard)
 }
 
+/// This process's current (soft) open-files limit; `None` if unlimited.
+pub fn nofile_limit() -> Option<u64> {
+    getrlimit(Resource::Nofile).current
+}
+
 fn set_nofile(soft: u64, hard: u64) -> io::Result<()> {
     let limit = |n: u64| (n != u64::MAX).then_some(n);
     setrlimit(

@@ -54,7 +54,12 @@ fn start_rust_ws() -> Server {
     let bin = rust_ws_binary();
     // Ports below the ephemeral range (32768+), so no client's TIME_WAIT can be squatting on
     // them; a few tries in case another test run holds one.
-    let base = 20_000 + (std::process::id() % 5_000) as u16 * 2;
+    // Tests in this file run in parallel in one process, each with its own server: a counter
+    // keeps their ports apart (the pid alone gave them all the same one, and one test measured
+    // the other's server).
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let k = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let base = 20_000 + (std::process::id() % 2_000) as u16 * 5 + k * 1_000;
     for port in (base..).step_by(7).take(8) {
         let mut child = Command::new(&bin)
             .env("WS_HOST", "127.0.0.1")
@@ -71,7 +76,13 @@ fn start_rust_ws() -> Server {
                 break; // exited: most likely the port was taken
             }
             if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                return Server { child, port };
+                // Someone else may hold the port and ours be exiting on a failed bind: only a
+                // child still alive a moment later is the one listening.
+                std::thread::sleep(Duration::from_millis(300));
+                if let Ok(None) = child.try_wait() {
+                    return Server { child, port };
+                }
+                break;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -226,6 +237,141 @@ fn every_mode_against_real_rust_ws() {
     assert!(md.contains("req/s **1.00×**"), "{md}");
     assert!(md.contains("## Budgets"), "{md}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn sweep_shapes_against_real_rust_ws() {
+    let s = start_rust_ws();
+
+    // Two helper processes over two loopback source addresses: the path that reaches 100,000+
+    // connections where a process may not hold them all.
+    let multi = bench_json(
+        &s,
+        &[
+            "--source-addrs",
+            "2",
+            "hold",
+            "-n",
+            "30",
+            "--procs",
+            "2",
+            "--hold-secs",
+            "0.5",
+            "--settle-secs",
+            "0.5",
+        ],
+    );
+    let h = &multi["hold"];
+    assert_eq!(h["open"], 30, "{multi}");
+    assert_eq!(
+        (h["procs"].as_u64(), h["source_addrs"].as_u64()),
+        (Some(2), Some(2))
+    );
+    assert_eq!(h["server_connections_at_n"], 30.0, "{multi}");
+    assert_eq!(h["server_connections_after"], 0.0, "{multi}");
+    assert_eq!(
+        multi["latency"]["count"], 30,
+        "both helpers' handshakes merged: {multi}"
+    );
+    assert!(h["idle_cpu_pct"].is_number(), "{multi}");
+    // The helpers' CPU counts as the client's.
+    assert!(multi["client_cpu_pct"].as_f64().unwrap() > 0.0, "{multi}");
+
+    // Each memory path: error replies, a broadcast in a room of its own, an abrupt reset.
+    for (ex, end) in [
+        ("error", "close"),
+        ("broadcast", "close"),
+        ("echo", "reset"),
+    ] {
+        let v = bench_json(
+            &s,
+            &[
+                "hold",
+                "-n",
+                "10",
+                "--exchange",
+                ex,
+                "--end",
+                end,
+                "--hold-secs",
+                "0.3",
+                "--settle-secs",
+                "0.5",
+            ],
+        );
+        assert_eq!(v["hold"]["open"], 10, "{ex}/{end}: {v}");
+        assert_eq!(
+            (v["hold"]["exchange"].as_str(), v["hold"]["end"].as_str()),
+            (Some(ex), Some(end))
+        );
+        assert_eq!(
+            v["hold"]["server_connections_after"], 0.0,
+            "{ex}/{end}: {v}"
+        );
+    }
+
+    // Open-loop echo: every scheduled request answered, latency from the schedule.
+    let open = bench_json(
+        &s,
+        &[
+            "echo",
+            "-c",
+            "4",
+            "--rate",
+            "200",
+            "-d",
+            "1",
+            "--msg-bytes",
+            "1024",
+        ],
+    );
+    let e = &open["echo"];
+    assert_eq!(e["msg_bytes"], 1024, "{open}");
+    assert!(e["sent"].as_u64().unwrap() >= 150, "{open}");
+    assert_eq!(
+        (e["missing"].as_u64(), e["skipped"].as_u64()),
+        (Some(0), Some(0)),
+        "{open}"
+    );
+    assert_eq!(open["latency"]["count"], e["sent"], "{open}");
+    assert!(e["sent_mb_per_s"].as_f64().unwrap() > 0.1, "{open}");
+
+    // The largest request the server takes by default: 64 KiB exactly, answered, no errors.
+    let big = bench_json(
+        &s,
+        &["echo", "-c", "2", "-d", "0.5", "--msg-bytes", "65536"],
+    );
+    assert_eq!(big["echo"]["msg_bytes"], 65536, "{big}");
+    assert!(big["requests"].as_u64().unwrap() > 0, "{big}");
+
+    // Paced broadcast in one room: own round trips and the server's fan-out timer for the run.
+    let fan = bench_json(
+        &s,
+        &[
+            "broadcast",
+            "-c",
+            "5",
+            "--rooms",
+            "1",
+            "--rate",
+            "10",
+            "-d",
+            "1",
+            "--drain-secs",
+            "1",
+        ],
+    );
+    let b = &fan["broadcast"];
+    assert_eq!(b["members"], 5, "{fan}");
+    assert_eq!(b["delivered_total"], b["expected"], "{fan}");
+    assert_eq!(b["own_rtt"]["count"], b["sent"], "{fan}");
+    let t = &b["server_fanout"];
+    assert_eq!(
+        t["count"].as_f64(),
+        b["sent"].as_f64(),
+        "one timer per broadcast: {fan}"
+    );
+    assert!(t["p99_us"].as_f64().unwrap() > 0.0, "{fan}");
 }
 
 #[test]

@@ -1,6 +1,12 @@
 //! broadcast: C connections spread over R rooms, each sending broadcasts, closed loop (the next
 //! when its own comes back) or paced at `--rate`; deliveries/s and fan-out latency (`sent_at` to
-//! receipt), then a drain until every owed delivery has arrived.
+//! receipt), then a drain until every owed delivery has arrived. Paced sends are stamped with
+//! their scheduled time, so latency includes any wait to be sent (no coordinated omission); each
+//! sender's own broadcasts coming back give the round trip (the capacity sweep's figure); the
+//! server's `ws_broadcast_duration_seconds` is scraped before and after, for its side of the story.
+//!
+//! A receiver reads only `type`, `from`, `seq` and `sent_at` of each delivery (`client::scan`),
+//! not the whole object: this loop is where ws-bench spends its CPU when the server is fast.
 //!
 //! The runner opens the connections (which tells this file how many members each room has),
 //! gives go and stop; this file runs the send/receive loop and checks deliveries against
@@ -15,8 +21,12 @@ use tokio::time::{sleep, sleep_until};
 use super::meter::{common_notes, Meter};
 use super::runner::Fleet;
 use super::Ctx;
-use crate::client::{self, Conn, Fail};
-use crate::report::{bump, merge, BroadcastStats, Counts, Report, SharedHist};
+use crate::client::{self, Delivery, Scanned, Template};
+use crate::report::{bump, merge, BroadcastStats, Counts, Report, ServerTimer, SharedHist};
+
+/// Paced: a sender with this many of its own broadcasts not yet back skips its next send
+/// (counted), so a server that falls far behind can't make ws-bench queue without bound.
+const MAX_OUTSTANDING: u64 = 1000;
 
 pub struct BroadcastOpts {
     pub connections: u64,
@@ -36,6 +46,7 @@ struct BroadcastOut {
     /// Broadcasts it received within the window, and in the window and drain together.
     deliveries: u64,
     delivered_total: u64,
+    skipped: u64,
     errors: Counts,
 }
 
@@ -44,15 +55,18 @@ pub async fn broadcast(ctx: Ctx, o: BroadcastOpts) -> Report {
     r.connections = o.connections;
     let rooms = o.rooms.max(1) as usize;
     let lat = SharedHist::default();
+    let own = SharedHist::default();
     let conn_hist = SharedHist::default();
     // Live totals, so the drain can end as soon as every owed delivery has arrived.
     let sent_per_room: Arc<Vec<AtomicU64>> =
         Arc::new((0..rooms).map(|_| AtomicU64::new(0)).collect());
     let delivered = Arc::new(AtomicU64::new(0));
+    let tpl = Template::new("broadcast", &ctx.text, 0);
     let mut fleet = Fleet::new();
     for i in 0..o.connections as usize {
-        let (ctx, lat, conn_hist) = (ctx.clone(), lat.clone(), conn_hist.clone());
+        let (ctx, lat, own, conn_hist) = (ctx.clone(), lat.clone(), own.clone(), conn_hist.clone());
         let (sent_per_room, delivered) = (sent_per_room.clone(), delivered.clone());
+        let tpl = tpl.clone();
         let room = i % rooms;
         let (rate, drain) = (o.rate, o.drain);
         fleet.spawn(move |cue| async move {
@@ -67,94 +81,125 @@ pub async fn broadcast(ctx: Ctx, o: BroadcastOpts) -> Report {
             let Some(end) = signal.go().await else {
                 return out;
             };
+            // One clock for both ends of every measurement: scheduled instants are turned into
+            // epoch microseconds from one pair of readings.
+            let (i0, us0) = (Instant::now(), client::now_us());
+            let to_us = |t: Instant| us0 + t.saturating_duration_since(i0).as_micros() as u64;
+            let end_us = to_us(end);
             let drain_end = end + drain;
             let drain_deadline = sleep_until(drain_end.into());
             tokio::pin!(drain_deadline);
+            // Made once, not once per message: a stop future re-armed on every delivery cost a
+            // lock and a waiter registration each time.
+            let stopped = signal.stopped();
+            tokio::pin!(stopped);
             let mut rec = lat.recorder();
+            let mut own_rec = own.recorder();
             let mut last_seq = 0u64;
-            let period = (rate > 0.0).then(|| Duration::from_secs_f64(1.0 / rate));
+            let mut outstanding = 0u64;
+            let paced = rate > 0.0;
+            let every = if paced {
+                Duration::from_secs_f64(1.0 / rate)
+            } else {
+                Duration::from_secs(3600)
+            };
             // Paced senders start spread over one period (golden-ratio offsets), so a thousand
             // connections don't all fire in the same millisecond.
-            let first = match period {
-                Some(p) => Instant::now() + p.mul_f64((i as f64 * 0.618_034) % 1.0),
-                None => Instant::now() + Duration::from_secs(3600),
-            };
-            let every = period.unwrap_or(Duration::from_secs(3600));
+            let first = Instant::now() + every.mul_f64((i as f64 * 0.618_034) % 1.0);
             let mut ticker = tokio::time::interval_at(first.into(), every);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            if period.is_none() {
+            // Burst: a tick that could not go on time goes as soon as it can, stamped with its
+            // scheduled time, so the wait counts in its latency (no coordinated omission).
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            if !paced {
                 sent_per_room[room].fetch_add(1, Ordering::Relaxed);
                 out.sent += 1;
-                if let Err(f) = send_bcast(&mut c, &ctx.text, 0).await {
+                outstanding += 1;
+                if let Err(f) = client::send(&mut c.ws, tpl.at(client::now_us())).await {
                     bump(&mut out.errors, f.kind);
                     return out;
                 }
             }
             // Bounded by drain_end: every await below is cut off there.
             loop {
-                // Everyone drains until drain_end: a task that left early would lose messages still
-                // in flight to it and they would show up as missing deliveries.
-                let now = Instant::now();
-                if now >= drain_end {
-                    break;
-                }
                 tokio::select! {
-                    _ = ticker.tick(), if period.is_some() && now < end => {
-                        if Instant::now() >= end {
-                            continue;
-                        }
-                        // Counted before the send, so the conductor's drain never misses it.
-                        sent_per_room[room].fetch_add(1, Ordering::Relaxed);
-                        out.sent += 1;
-                        if let Err(f) = send_bcast(&mut c, &ctx.text, out.sent - 1).await {
-                            bump(&mut out.errors, f.kind);
-                            break;
-                        }
-                    }
-                    _ = &mut drain_deadline => break,
-                    _ = signal.stopped() => break,
+                    biased;
                     m = client::recv_text(&mut c.ws) => {
                         let text = match m {
                             Err(f) => { bump(&mut out.errors, f.kind); break; }
                             Ok(t) => t,
                         };
-                        let m = match client::parse(&text) {
-                            Ok(m) => m,
-                            Err(f) => { bump(&mut out.errors, f.kind); continue; }
+                        let d = match client::scan(&text) {
+                            Scanned::Reply(d) if d.broadcast => d,
+                            _ => match client::parse(&text) {
+                                Ok(m) if m.kind.as_deref() == Some("error") => {
+                                    bump(&mut out.errors, "server_error");
+                                    continue;
+                                }
+                                Ok(m) if m.kind.as_deref() == Some("broadcast") => Delivery {
+                                    broadcast: true,
+                                    from: "",
+                                    seq: m.seq.unwrap_or(0),
+                                    sent_at: m.sent_at,
+                                },
+                                Ok(_) => continue,
+                                Err(f) => { bump(&mut out.errors, f.kind); continue; }
+                            },
                         };
-                        match m.kind.as_deref() {
-                            Some("broadcast") => {
-                                let at = Instant::now();
-                                if let Some(s) = m.sent_at {
-                                    rec.record(client::now_us().saturating_sub(s));
-                                }
-                                if let Some(seq) = m.seq {
-                                    if seq <= last_seq {
-                                        bump(&mut out.errors, "seq_out_of_order");
-                                    }
-                                    last_seq = seq;
-                                }
-                                out.delivered_total += 1;
-                                delivered.fetch_add(1, Ordering::Relaxed);
-                                if at < end {
-                                    out.deliveries += 1;
-                                }
-                                let own = m.from.as_deref() == Some(c.conn_id.as_str());
-                                if period.is_none() && own && Instant::now() < end {
-                                    sent_per_room[room].fetch_add(1, Ordering::Relaxed);
-                                    out.sent += 1;
-                                    if let Err(f) = send_bcast(&mut c, &ctx.text, out.sent - 1).await {
-                                        bump(&mut out.errors, f.kind);
-                                        break;
-                                    }
+                        let now = client::now_us();
+                        let mine = d.from == c.conn_id;
+                        if let Some(s) = d.sent_at {
+                            rec.record(now.saturating_sub(s));
+                            if mine {
+                                own_rec.record(now.saturating_sub(s));
+                            }
+                        }
+                        if d.seq <= last_seq {
+                            bump(&mut out.errors, "seq_out_of_order");
+                        }
+                        last_seq = d.seq;
+                        out.delivered_total += 1;
+                        delivered.fetch_add(1, Ordering::Relaxed);
+                        if now < end_us {
+                            out.deliveries += 1;
+                        }
+                        if mine {
+                            outstanding = outstanding.saturating_sub(1);
+                            if !paced && now < end_us {
+                                sent_per_room[room].fetch_add(1, Ordering::Relaxed);
+                                out.sent += 1;
+                                outstanding += 1;
+                                if let Err(f) = client::send(&mut c.ws, tpl.at(now)).await {
+                                    bump(&mut out.errors, f.kind);
+                                    break;
                                 }
                             }
-                            Some("error") => bump(&mut out.errors, "server_error"),
-                            _ => {}
                         }
                     }
+                    t = ticker.tick(), if paced && Instant::now() < end => {
+                        let t = t.into_std();
+                        if t >= end {
+                            continue;
+                        }
+                        if outstanding >= MAX_OUTSTANDING {
+                            out.skipped += 1;
+                            continue;
+                        }
+                        // Counted before the send, so the conductor's drain never misses it.
+                        sent_per_room[room].fetch_add(1, Ordering::Relaxed);
+                        out.sent += 1;
+                        outstanding += 1;
+                        if let Err(f) = client::send(&mut c.ws, tpl.at(to_us(t))).await {
+                            bump(&mut out.errors, f.kind);
+                            break;
+                        }
+                    }
+                    // Everyone stays until told to stop or drain_end: a task that left early would
+                    // lose messages still in flight to it, and they would count as missing.
+                    _ = &mut drain_deadline => break,
+                    _ = &mut stopped => break,
                 }
             }
+            drop((rec, own_rec));
             let _ = client::close(c.ws, Duration::from_secs(2)).await;
             out
         });
@@ -169,6 +214,7 @@ pub async fn broadcast(ctx: Ctx, o: BroadcastOpts) -> Report {
             members[i % rooms] += 1;
         }
     }
+    let fanout0 = ctx.probe.histogram("ws_broadcast_duration_seconds").await;
     let meter = Meter::start(&ctx.probe).await;
     let end = Instant::now() + o.duration;
     fleet.go(end);
@@ -190,16 +236,34 @@ pub async fn broadcast(ctx: Ctx, o: BroadcastOpts) -> Report {
     fleet.stop();
     let joined = fleet.join(Duration::from_secs(30)).await;
     let wall = meter.finish(&ctx, &mut r).await;
+    let fanout1 = ctx.probe.histogram("ws_broadcast_duration_seconds").await;
     let d = o.duration.as_secs_f64();
     let mut b = BroadcastStats {
         rooms: rooms as u64,
         rate_per_conn: o.rate,
+        members: members.iter().copied().max().unwrap_or(0),
+        own_rtt: own.summary(),
+        server_fanout: match (fanout1, fanout0) {
+            (Some(a), Some(b)) => {
+                let h = a.since(&b);
+                let us = |x: Option<f64>| x.map(|s| s * 1e6);
+                Some(ServerTimer {
+                    count: h.count(),
+                    mean_us: (h.count() > 0.0).then(|| h.sum / h.count() * 1e6),
+                    p50_us: us(h.quantile(0.5)),
+                    p95_us: us(h.quantile(0.95)),
+                    p99_us: us(h.quantile(0.99)),
+                })
+            }
+            _ => None,
+        },
         ..Default::default()
     };
     for out in &joined.outs {
         b.sent += out.sent;
         b.deliveries += out.deliveries;
         b.delivered_total += out.delivered_total;
+        b.skipped += out.skipped;
         b.expected += out.sent * members[out.room];
         merge(&mut r.errors, &out.errors);
     }
@@ -223,6 +287,12 @@ pub async fn broadcast(ctx: Ctx, o: BroadcastOpts) -> Report {
         drained_in.as_secs_f64(),
         wall.as_secs_f64()
     ));
+    if b.skipped > 0 {
+        r.notes.push(format!(
+            "server fell behind: {} sends skipped ({MAX_OUTSTANDING} of a sender's own broadcasts outstanding)",
+            b.skipped
+        ));
+    }
     if o.rate > 0.0 {
         let offered = o.rate * o.connections.saturating_sub(r.failed_handshakes()) as f64;
         if b.sent_per_s < 0.9 * offered {
@@ -239,12 +309,4 @@ pub async fn broadcast(ctx: Ctx, o: BroadcastOpts) -> Report {
     }
     r.broadcast = Some(b);
     r
-}
-
-async fn send_bcast(c: &mut Conn, text: &str, n: u64) -> Result<(), Fail> {
-    client::send(
-        &mut c.ws,
-        client::broadcast_msg(text, &n.to_string(), client::now_us()),
-    )
-    .await
 }

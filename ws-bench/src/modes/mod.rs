@@ -1,4 +1,4 @@
-//! The four load shapes, one module each, and the context every one of them is handed.
+//! The four load shapes, one module each (and `agent`, a hold's helper process), and the context every one of them is handed.
 //!
 //! `main` builds a [`Ctx`] from the command line and calls one mode; the mode returns a finished
 //! [`Report`]. What the modes share lives beside them: [`runner`] spawns the connection tasks,
@@ -9,6 +9,7 @@
 //! exceeds `--connect-concurrency` handshakes in flight). Every loop ends by a deadline, and
 //! every wait has a timeout.
 
+mod agent;
 mod broadcast;
 mod echo;
 mod hold;
@@ -16,6 +17,8 @@ mod meter;
 mod runner;
 mod sessions;
 
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,9 +31,10 @@ use crate::report::{Report, SharedHist};
 use crate::sys;
 use crate::target::Target;
 
+pub use agent::agent;
 pub use broadcast::{broadcast, BroadcastOpts};
 pub use echo::{echo, EchoOpts};
-pub use hold::{hold, HoldOpts};
+pub use hold::{hold, End, Exchange, HoldOpts};
 pub use sessions::{sessions, SessionOpts};
 
 /// What every mode needs.
@@ -44,6 +48,11 @@ pub struct Ctx {
     pub text: String,
     pub threads: usize,
     pub label: String,
+    /// Loopback source addresses to spread connections over (`--source-addrs`); empty = let the
+    /// kernel pick (127.0.0.1).
+    pub sources: Arc<Vec<IpAddr>>,
+    /// Round-robin cursor over `sources`, shared by every task.
+    pub next_source: Arc<AtomicUsize>,
 }
 
 impl Ctx {
@@ -55,7 +64,11 @@ impl Ctx {
             .await
             .map_err(|_| Fail::new("internal", "semaphore closed"))?;
         let t = Instant::now();
-        let c = client::connect(&self.target, room, self.cfg, self.connect_timeout).await?;
+        let source = match self.sources.len() {
+            0 => None,
+            n => Some(self.sources[self.next_source.fetch_add(1, Ordering::Relaxed) % n]),
+        };
+        let c = client::connect(&self.target, room, self.cfg, self.connect_timeout, source).await?;
         hist.recorder().record(t.elapsed().as_micros() as u64);
         Ok(c)
     }

@@ -1,0 +1,473 @@
+"""Issue 13's sweeps: how cost grows as load grows, for rust-ws and python-ws, measured by ws-bench.
+
+`bench/run.sh` calls this after its fixed matrix; `bench/plot.py` turns what it writes into
+pictures and the report's sweep section. It runs each sweep for each server, one server after
+the other, each step one `ws-bench --json` run, and appends one JSON line per step to
+`<out>/sweeps.jsonl`: ws-bench's report plus `sweep`, `x` (the step's value) and `target` (the
+server it ran against). Progress goes to stderr: which sweep and step, and the time left.
+
+The sweeps (`--quick` shrinks sizes and durations so the whole pipeline runs in minutes):
+
+1. `conns`: hold 1k, 2.5k, 5k, 10k and the fd-limit tier, from helper processes over several
+   loopback source addresses; a fresh server per tier.
+   `paths`: one hold tier over each path (ok echo, error replies, broadcast, reset) for issue 15.
+2. `fanout`: one room of 10..10,000 members, paced to a fixed offered delivery rate.
+3. `msgsize`: closed-loop echo with 64 B .. 64 KiB requests.
+4. `knee-echo`, `knee-broadcast`: open-loop offered load in rising steps until the server
+   falls behind (stops two steps past the SLO).
+5. `capacity`: one room growing in steps, every client sending at a fixed rate (Hashrocket's
+   websocket-shootout method), until p95 round trip passes the SLO.
+
+Servers are started here (pinned with taskset like run.sh's matrix) so each sweep can give them
+the settings it needs, e.g. a short keepalive interval for the idle-CPU figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Step:
+    """One ws-bench run: its sweep, its x value, its arguments and a time estimate (seconds)."""
+
+    sweep: str
+    x: float
+    args: list[str]
+    est: float
+    label: str
+    # A fresh server for this step (hold tiers: memory per connection from a clean baseline).
+    fresh: bool = False
+    server_env: dict[str, str] = field(default_factory=dict)
+
+
+def fd_cap() -> int:
+    """The open-files limit a server started from here gets: the hard limit, which root can't
+    raise past on the lab's machines (20,000)."""
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return hard if hard != resource.RLIM_INFINITY else 1 << 20
+
+
+def plan(a: argparse.Namespace) -> list[Step]:
+    q = a.quick
+    d = 2.0 if q else a.duration
+    steps: list[Step] = []
+    ping = {"WS_PING_INTERVAL_SECS": str(a.ping_secs)}
+
+    # 1. Connections held. The top tier is what the fd limit allows a server (a few fds for the
+    # listener, logs and /metrics); it is named in the report as where the cap stopped the run.
+    tiers = [200, 500, 1000] if q else [1000, 2500, 5000, 10000]
+    top = min(a.top_tier or (fd_cap() - 100), 10**6)
+    if not q and top > tiers[-1]:
+        tiers.append(top)
+    hold_s, settle = (2.0, 2.0) if q else (a.hold_secs, 5.0)
+    for n in tiers:
+        # Two helper processes over two source addresses at every tier: the path that reaches
+        # 100,000+ on a machine without the caps, exercised here at sizes that fit.
+        procs = max(2, math.ceil(n / 15000))
+        srcs = max(2, math.ceil(n / 25000))
+        steps.append(
+            Step(
+                "conns",
+                n,
+                [
+                    "--source-addrs",
+                    str(srcs),
+                    "hold",
+                    "-n",
+                    str(n),
+                    "--procs",
+                    str(procs),
+                    "--hold-secs",
+                    str(hold_s),
+                    "--settle-secs",
+                    str(settle),
+                ],
+                n / 3000 + hold_s + settle + 4,
+                f"conns-{n}",
+                fresh=True,
+                server_env=ping,
+            )
+        )
+    # Memory coming back over each path (issue 15 §3), at one tier.
+    pn = 200 if q else a.paths_n
+    for ex, end in [
+        ("echo", "close"),
+        ("error", "close"),
+        ("broadcast", "close"),
+        ("echo", "reset"),
+    ]:
+        steps.append(
+            Step(
+                "paths",
+                0,
+                [
+                    "hold",
+                    "-n",
+                    str(pn),
+                    "--exchange",
+                    ex,
+                    "--end",
+                    end,
+                    "--hold-secs",
+                    str(hold_s),
+                    "--settle-secs",
+                    str(settle),
+                ],
+                pn / 3000 + hold_s + settle + 4,
+                f"path-{ex}-{end}",
+                fresh=True,
+            )
+        )
+
+    # 2. Fan-out size: one room, the same offered deliveries/s at every size.
+    sizes = [10, 100, 1000] if q else [10, 100, 1000, 10000]
+    deliv = 2000 if q else a.fanout_deliveries
+    for n in sizes:
+        rate = deliv / (n * n)
+        steps.append(
+            Step(
+                "fanout",
+                n,
+                [
+                    "broadcast",
+                    "-c",
+                    str(n),
+                    "--rooms",
+                    "1",
+                    "--rate",
+                    f"{rate:.9f}",
+                    "-d",
+                    str(d),
+                    "--drain-secs",
+                    "5",
+                ],
+                d + n / 3000 + 3,
+                f"fanout-{n}",
+            )
+        )
+
+    # 3. Message size: closed-loop echo.
+    c = 10 if q else 50
+    for b in [64, 1024, 16384, 65536]:
+        steps.append(
+            Step(
+                "msgsize",
+                b,
+                ["echo", "-c", str(c), "-d", str(d), "--msg-bytes", str(b)],
+                d + 3,
+                f"msgsize-{b}",
+            )
+        )
+
+    # 4. The knee: open loop at rising offered rates.
+    echo_rates = (
+        [500, 1000, 2000, 4000] if q else [1000, 2000, 5000, 10000, 20000, 40000, 80000, 160000]
+    )
+    ec = 20 if q else 100
+    for rate in echo_rates:
+        steps.append(
+            Step(
+                "knee-echo",
+                rate,
+                ["echo", "-c", str(ec), "--rate", str(rate), "-d", str(d), "--drain-secs", "5"],
+                d + 4,
+                f"knee-echo-{rate}",
+            )
+        )
+    bc, rooms = (100, 10) if q else (1000, 10)
+    members = bc // rooms
+    b_rates = (
+        [1000, 2000, 4000] if q else [5000, 10000, 20000, 40000, 80000, 160000, 320000, 640000]
+    )
+    for deliv_s in b_rates:
+        per_conn = deliv_s / (bc * members)
+        steps.append(
+            Step(
+                "knee-broadcast",
+                deliv_s,
+                [
+                    "broadcast",
+                    "-c",
+                    str(bc),
+                    "--rooms",
+                    str(rooms),
+                    "--rate",
+                    f"{per_conn:.6f}",
+                    "-d",
+                    str(d),
+                    "--drain-secs",
+                    "5",
+                ],
+                d + 4,
+                f"knee-broadcast-{deliv_s}",
+            )
+        )
+
+    # 5. Capacity under an SLO: one room growing, each client sending at a fixed rate.
+    cap = [20, 50, 100, 150] if q else [50, 100, 200, 300, 500, 750, 1000, 1500, 2000, 3000]
+    for n in cap:
+        steps.append(
+            Step(
+                "capacity",
+                n,
+                [
+                    "broadcast",
+                    "-c",
+                    str(n),
+                    "--rooms",
+                    "1",
+                    "--rate",
+                    str(a.capacity_rate),
+                    "-d",
+                    str(d),
+                    "--drain-secs",
+                    "5",
+                ],
+                d + n / 3000 + 4,
+                f"capacity-{n}",
+            )
+        )
+    return [s for s in steps if s.sweep in a.sweeps]
+
+
+# ---- servers -----------------------------------------------------------------------------------
+
+
+class Server:
+    """A server process on loopback, pinned to CPU 0 when pinning is on."""
+
+    def __init__(self, name: str, a: argparse.Namespace, env: dict[str, str]):
+        self.name = name
+        self.port = a.rust_port if name == "rust-ws" else a.py_port
+        e = dict(
+            os.environ, WS_HOST="127.0.0.1", WS_PORT=str(self.port), LOG_LEVEL="warning", **env
+        )
+        cmd = [a.rust_bin] if name == "rust-ws" else [a.python, "-m", "python_ws"]
+        if a.pin:
+            cmd = ["taskset", "-c", "0", *cmd]
+        if port_open(self.port):
+            sys.exit(f"sweep.py: something already listens on 127.0.0.1:{self.port}")
+        self.log = open(Path(a.work) / f"{name}.log", "ab")  # noqa: SIM115 (closed in stop)
+        self.proc = subprocess.Popen(cmd, env=e, stdout=self.log, stderr=self.log)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if port_open(self.port):
+                # Let start-up allocations settle before any idle baseline.
+                time.sleep(1.5 if a.quick else 3)
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        self.stop()
+        sys.exit(f"sweep.py: {name} did not start on port {self.port} (log in {self.log.name})")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.log.close()
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+# ---- running -----------------------------------------------------------------------------------
+
+
+def fmt_secs(s: float) -> str:
+    s = max(0, int(s))
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+def over_slo(rep: dict, sweep: str, a: argparse.Namespace) -> bool:
+    """Whether this step is past the SLO: the sweeps that look for a limit stop soon after."""
+    lat = rep.get("latency") or {}
+    b = rep.get("broadcast") or {}
+    e = rep.get("echo") or {}
+    behind = (
+        (b.get("skipped") or 0) > 0 or (e.get("skipped") or 0) > 0 or (e.get("missing") or 0) > 0
+    )
+    if sweep == "knee-echo":
+        return behind or lat.get("p99_us", 0) > a.slo_echo_ms * 1000
+    if sweep == "knee-broadcast":
+        return behind or lat.get("p99_us", 0) > a.slo_broadcast_ms * 1000
+    if sweep == "capacity":
+        rtt = b.get("own_rtt") or {}
+        return behind or rtt.get("p95_us", 0) > a.slo_broadcast_ms * 1000
+    return False
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="small sizes, 2 s steps: a pipeline check")
+    p.add_argument("--out", required=True, help="directory for sweeps.jsonl")
+    p.add_argument("--servers", default="rust-ws python-ws")
+    p.add_argument(
+        "--sweeps", default="conns paths fanout msgsize knee-echo knee-broadcast capacity"
+    )
+    p.add_argument("--bench", default=str(ROOT / "target/release/ws-bench"))
+    p.add_argument("--rust-bin", default=str(ROOT / "target/release/rust-ws"))
+    p.add_argument("--python", default=str(ROOT / ".venv/bin/python"))
+    p.add_argument("--rust-port", type=int, default=28100)
+    p.add_argument("--py-port", type=int, default=28101)
+    p.add_argument("--pin", type=int, default=1)
+    p.add_argument("--duration", type=float, default=10.0, help="seconds per timed step")
+    p.add_argument("--hold-secs", type=float, default=12.0)
+    p.add_argument(
+        "--ping-secs", type=int, default=5, help="server keepalive interval during the conns sweep"
+    )
+    p.add_argument("--top-tier", type=int, default=0, help="largest hold tier; 0 = fd limit - 100")
+    p.add_argument("--paths-n", type=int, default=10000)
+    p.add_argument(
+        "--fanout-deliveries",
+        type=float,
+        default=10000.0,
+        help="offered deliveries/s at every fan-out size",
+    )
+    p.add_argument(
+        "--capacity-rate",
+        type=float,
+        default=None,
+        help="broadcasts/s per client in the capacity sweep (0.1; quick: 0.5)",
+    )
+    p.add_argument("--slo-echo-ms", type=float, default=50.0)
+    p.add_argument("--slo-broadcast-ms", type=float, default=250.0)
+    p.add_argument("--connect-concurrency", type=int, default=512)
+    a = p.parse_args()
+    a.sweeps = a.sweeps.split()
+    # The servers inherit this process's open-files limit: lift the soft limit to the hard one,
+    # as run.sh does, so a hold tier near the cap is the cap's doing, not a default of 1,024.
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if a.capacity_rate is None:
+        a.capacity_rate = 0.5 if a.quick else 0.1
+    a.pin = a.pin and (os.cpu_count() or 1) >= 2 and shutil.which("taskset") is not None
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    a.work = str(out)
+    jsonl = out / "sweeps.jsonl"
+    steps = plan(a)
+    servers = a.servers.split()
+    total = len(steps) * len(servers)
+    est_total = sum(s.est for s in steps) * len(servers)
+    print(f"sweeps: {total} steps, about {fmt_secs(est_total)} estimated", file=sys.stderr)
+    (out / "sweeps-meta.json").write_text(
+        json.dumps(
+            {
+                "quick": a.quick,
+                "slo_echo_ms": a.slo_echo_ms,
+                "slo_broadcast_ms": a.slo_broadcast_ms,
+                "capacity_rate": a.capacity_rate,
+                "fanout_deliveries": 2000 if a.quick else a.fanout_deliveries,
+                "ping_secs": a.ping_secs,
+                "fd_cap": fd_cap(),
+                "pinned": bool(a.pin),
+                "duration": 2.0 if a.quick else a.duration,
+                "servers": servers,
+            },
+            indent=1,
+        )
+    )
+    t_start = time.monotonic()
+    done_est = 0.0
+    n = 0
+    with open(jsonl, "a") as f:
+        for name in servers:
+            server: Server | None = None
+            server_env: dict[str, str] | None = None
+            stopped_sweeps: dict[str, int] = {}
+            for s in steps:
+                n += 1
+                elapsed = time.monotonic() - t_start
+                # ETA: the remaining estimates, scaled by how the estimates have held so far.
+                scale = elapsed / done_est if done_est > 0 else 1.0
+                eta = (est_total - done_est) * scale
+                if stopped_sweeps.get(s.sweep, 0) >= 2:
+                    print(
+                        f"[{n}/{total}] {name} {s.sweep} x={s.x:g}: skipped (two steps past "
+                        f"the SLO already)",
+                        file=sys.stderr,
+                    )
+                    done_est += s.est
+                    continue
+                print(
+                    f"[{n}/{total}] {name} {s.sweep} x={s.x:g} ({s.label}); elapsed "
+                    f"{fmt_secs(elapsed)}, about {fmt_secs(eta)} left",
+                    file=sys.stderr,
+                )
+                if server is None or s.fresh or s.server_env != server_env:
+                    if server is not None:
+                        server.stop()
+                        time.sleep(1)
+                    server = Server(name, a, s.server_env)
+                    server_env = s.server_env
+                cmd = [
+                    a.bench,
+                    "--url",
+                    f"ws://127.0.0.1:{server.port}/ws",
+                    "--pid",
+                    str(server.proc.pid),
+                    "--metrics-url",
+                    f"http://127.0.0.1:{server.port}/metrics",
+                    "--connect-concurrency",
+                    str(a.connect_concurrency),
+                    "--label",
+                    s.label,
+                    "--json",
+                    *s.args,
+                ]
+                if a.pin:
+                    cmd = ["taskset", "-c", "1", *cmd]
+                r = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+                done_est += s.est
+                if r.returncode != 0:
+                    print(
+                        f"    ws-bench failed ({r.returncode}): {r.stderr.strip()}", file=sys.stderr
+                    )
+                    continue
+                rep = json.loads(r.stdout)
+                rep.update(sweep=s.sweep, x=s.x, target=name)
+                f.write(json.dumps(rep) + "\n")
+                f.flush()
+                lat = rep.get("latency") or {}
+                print(
+                    f"    p50={lat.get('p50_us', '-')}us p99={lat.get('p99_us', '-')}us "
+                    f"client_cpu={rep.get('client_cpu_pct', 0):.0f}%"
+                    f"{' SATURATED' if rep.get('client_saturated') else ''} "
+                    f"notes={'; '.join(rep.get('notes', []))[:200]}",
+                    file=sys.stderr,
+                )
+                if over_slo(rep, s.sweep, a):
+                    stopped_sweeps[s.sweep] = stopped_sweeps.get(s.sweep, 0) + 1
+                # Let TIME_WAITs and the allocator settle between steps.
+                time.sleep(0.5 if a.quick else 2)
+            if server is not None:
+                server.stop()
+            time.sleep(1)
+    print(f"sweeps: done in {fmt_secs(time.monotonic() - t_start)}; {jsonl}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
