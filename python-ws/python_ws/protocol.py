@@ -9,11 +9,19 @@ Twin: rust-ws/src/protocol.rs
 
 from __future__ import annotations
 
+import re
 import time
 
 import orjson
 
 MAX_SENT_AT = 2**53 - 1
+
+# PROTOCOL.md §3: JSON nested deeper than this is invalid_json. It is serde_json's recursion
+# limit, so rust-ws gets it from its parser; orjson allows 1024 levels, so python-ws checks it.
+MAX_DEPTH = 127
+# The tokens that matter for nesting in text orjson has already accepted: whole strings (so a
+# bracket inside one is skipped) and the four brackets.
+_NESTING_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
 
 BINARY_DETAIL = "binary frames are not supported; send JSON in a text frame"
 
@@ -52,14 +60,21 @@ def parse(text: str) -> Request:
         obj = orjson.loads(text)
     except orjson.JSONDecodeError as err:
         raise ProtocolError("invalid_json", str(err)) from None
+    # Two C-speed counts keep the depth walk off the path of every ordinary message: a text with
+    # fewer opening brackets than the limit can't nest past it.
+    if text.count("[") + text.count("{") > MAX_DEPTH and _depth(text) > MAX_DEPTH:
+        raise ProtocolError(
+            "invalid_json", f"recursion limit exceeded: nested deeper than {MAX_DEPTH} levels"
+        )
     if type(obj) is not dict:
         raise ProtocolError("invalid_message", "message: must be a JSON object")
     kind = obj.get("type")
     if type(kind) is not str:
         raise ProtocolError("invalid_message", "type: must be a string, broadcast or echo")
     if kind != "broadcast" and kind != "echo":
+        # Name the type, but don't reflect an arbitrarily long string back (rust-ws: 64 too).
         raise ProtocolError(
-            "unknown_type", f'type: unknown type "{kind}"; expected "broadcast" or "echo"'
+            "unknown_type", f'type: unknown type "{kind[:64]}"; expected "broadcast" or "echo"'
         )
     user = obj.get("user")
     if type(user) is not str or not 1 <= len(user) <= 32:
@@ -76,6 +91,19 @@ def parse(text: str) -> Request:
             "invalid_message", f"sent_at: must be an integer from 0 to {MAX_SENT_AT}"
         )
     return Request(kind, user, text_field, ref, sent_at)
+
+
+def _depth(text: str) -> int:
+    """How deep the arrays and objects of valid JSON `text` nest."""
+    depth = deepest = 0
+    for token in _NESTING_TOKEN.finditer(text):
+        c = token.group()
+        if c == "[" or c == "{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c == "]" or c == "}":
+            depth -= 1
+    return deepest
 
 
 def now_ms() -> int:

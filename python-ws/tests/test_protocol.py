@@ -183,3 +183,20 @@ def test_now_ms_is_epoch_milliseconds() -> None:
     import time
 
     assert abs(protocol.now_ms() - time.time() * 1000) < 1000
+
+
+def test_nesting_depth_ignores_brackets_inside_strings() -> None:
+    # 300 brackets inside strings (one with an escaped quote before them) nest nothing.
+    msg = '{"type":"echo","user":"u","text":"\\"' + "[" * 300 + '","x":["{' + "{" * 200 + '"]}'
+    assert parse(msg).text.startswith('"[[[')
+    deep = '{"type":"echo","user":"u","text":"t","x":' + "[" * 127 + "]" * 127 + "}"
+    with pytest.raises(ProtocolError) as err:
+        parse(deep)
+    assert err.value.code == "invalid_json"
+
+
+def test_unknown_type_is_named_but_not_reflected_whole() -> None:
+    with pytest.raises(ProtocolError) as err:
+        parse(json.dumps({"type": "x" * 60000, "user": "u", "text": "t"}))
+    assert err.value.code == "unknown_type"
+    assert "x" * 64 in err.value.detail and "x" * 65 not in err.value.detail

@@ -305,6 +305,40 @@ def test_sent_at_with_fraction_or_exponent_is_invalid(server, literal):
         assert reply["detail"].startswith("sent_at: "), reply
 
 
+def nested(depth: int) -> bytes:
+    """A valid echo whose ignored field `x` nests arrays so that the message is `depth` deep."""
+    inner = "[" * (depth - 1) + "]" * (depth - 1)
+    return ('{"type":"echo","user":"u","text":"t","x":' + inner + "}").encode()
+
+
+def test_json_nested_127_levels_is_answered(server):
+    with Clients(server) as cs:
+        r = cs.raw(f"/ws?room={unique_room()}")
+        assert r.recv_json()["type"] == "welcome"
+        r.send_frame(OP_TEXT, nested(127))
+        reply = r.recv_json()
+        assert reply.get("type") == "echo", reply
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [nested(128), nested(1000), b"[" * 128 + b"]" * 128],
+    ids=["object-128", "object-1000", "bare-arrays-128"],
+)
+def test_json_nested_deeper_than_127_levels_is_invalid_json(server, payload):
+    """PROTOCOL.md §3: the nesting limit is the same on both servers (found by the fuzzers:
+    serde_json stops at 128 levels, orjson at 1024)."""
+    with Clients(server) as cs:
+        r = cs.raw(f"/ws?room={unique_room()}")
+        assert r.recv_json()["type"] == "welcome"
+        r.send_frame(OP_TEXT, payload)
+        reply = r.recv_json()
+        assert reply.get("code") == "invalid_json", reply
+        # The connection stays open and answers.
+        r.send_frame(OP_TEXT, nested(2))
+        assert r.recv_json().get("type") == "echo"
+
+
 # --- §4: the exact le strings -----------------------------------------------------------------
 
 LE_STRINGS = [
