@@ -30,11 +30,11 @@ use tokio::time::{sleep_until, timeout};
 use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::{Bytes, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::codeless_close::CodelessClose;
-use crate::hub::{Kill, Next, Outbox, Room};
+use crate::hub::{self, Kill, Next, Outbox, Room};
 use crate::metrics::CloseReason;
 use crate::protocol::{self, Kind};
 use crate::sent_counter::SentCounter;
@@ -212,7 +212,7 @@ impl Session {
         }
         // The rare closing paths are boxed so their buffers and timers don't enlarge every
         // connection's task.
-        // Messages still in tungstenite's buffer go out ahead of the close frame (and count as
+        // Messages still in `WriteBatch`'s buffer go out ahead of the close frame (and count as
         // their bytes reach the socket), or never, if the connection is dropped first.
         Box::pin(close(&mut ws, ending)).await;
         // The TCP connection ends here, then the gauge and the slot follow.
@@ -454,7 +454,10 @@ impl Conn<'_> {
     }
 
     /// Writes `first` and whatever else is queued (up to a batch), then flushes: `WriteBatch`
-    /// turns the batch into one socket write when the socket has room. A kill or the keepalive
+    /// turns the batch into one socket write when the socket has room. The queued messages are
+    /// finished frames (a broadcast's is shared by every recipient), so they go straight to
+    /// `WriteBatch`; tungstenite only writes its own frames (pong, ping, close), and as
+    /// `WriteBatch` takes every frame whole at once, the two never interleave inside a frame. A kill or the keepalive
     /// deadline interrupts a write stuck behind a client that doesn't read; what was handed on
     /// stays in `WriteBatch` and goes out with the next flush or close.
     ///
@@ -464,17 +467,18 @@ impl Conn<'_> {
     async fn write(
         &mut self,
         ws: &mut Ws,
-        first: Utf8Bytes,
+        first: Bytes,
         ping_timer: &mut Pin<&mut tokio::time::Sleep>,
     ) -> Result<WriteDone, Ending> {
         let outbox = self.outbox;
         let write = async {
-            ws.feed(Message::Text(first)).await?;
+            let batch = ws.get_mut();
+            batch.push_frame(&first);
             let mut fed = 1;
-            while fed < WRITE_BATCH && ws.get_ref().pending() < BATCH_BYTES {
+            while fed < WRITE_BATCH && batch.pending() < BATCH_BYTES {
                 match outbox.try_pop() {
                     Some(m) => {
-                        ws.feed(Message::Text(m)).await?;
+                        batch.push_frame(&m);
                         fed += 1;
                     }
                     None => break,
@@ -501,7 +505,7 @@ impl Conn<'_> {
     /// slow-consumer eviction a fan-out would do; the main loop sees the kill next.
     fn push_own(&self, payload: String) {
         self.outbox
-            .push(payload.into(), self.server.hub.send_queue());
+            .push(hub::text_frame(&payload), self.server.hub.send_queue());
     }
 
     /// Parse, validate, serialise (the handling timer), then hand off: to our own queue for an

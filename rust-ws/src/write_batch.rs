@@ -12,8 +12,10 @@
 //! no way to give it back, and appends one pong per ping behind a socket the client doesn't
 //! read. This layer owns its buffer, frees it as soon as it is written out, and dedupes pongs.
 //!
-//! - `poll_write` never blocks: it copies tungstenite's bytes into the buffer and returns at once,
-//!   so tungstenite's own buffer is empty after every frame. It is not unbounded: the session's
+//! - Two ways in, both whole frames: the session's queued messages, already framed once per
+//!   broadcast (hub::text_frame), through [`WriteBatch::push_frame`]; tungstenite's own frames
+//!   (pong, ping, close) through `poll_write`, which never blocks: it copies the bytes into the
+//!   buffer and returns at once, so tungstenite's own buffer is empty after every frame. It is not unbounded: the session's
 //!   writer stops feeding a batch at [`BATCH_BYTES`] and waits for the flush, every other writer
 //!   (ping, close) sends one frame and flushes, and past [`BATCH_BYTES`] a write first tries to
 //!   pass the buffer on to the socket.
@@ -72,6 +74,13 @@ impl<S> WriteBatch<S> {
     /// The layer beneath.
     pub fn inner_mut(&mut self) -> &mut S {
         &mut self.inner
+    }
+
+    /// Appends a whole frame built outside tungstenite (a queued message, see hub::text_frame).
+    /// Only between tungstenite's writes, which are whole frames, so the stream stays framed.
+    pub fn push_frame(&mut self, frame: &[u8]) {
+        debug_assert_eq!(self.frame_left, 0, "inside a tungstenite frame");
+        self.take(frame);
     }
 
     /// Takes one chunk of tungstenite's outgoing byte stream, setting pong frames apart.
