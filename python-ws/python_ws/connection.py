@@ -6,8 +6,10 @@ itself with `with histogram.time():` blocks, never the creation of a coroutine
 (prometheus/client_python#535). The writer (`write_queued`) empties the outbound queue the hub
 fills, handing the socket every queued frame in one write (up to `BATCH_BYTES`): Tornado writes
 each `_write_frame` call to the socket at once, one `send` per message. The queue holds finished
-frames (`text_frame`), so a broadcast is framed once for all its recipients. Keepalive runs in `tornado_close_codes.CloseCodesProtocol`, which reports a silent peer
-here.
+frames (`text_frame`), so a broadcast is framed once for all its recipients. A connection's
+queue is written after each incoming message (see `on_message`), so in a closed-loop broadcast it
+usually holds one frame then: the batching pays when a reader falls behind. Keepalive runs in
+`tornado_close_codes.CloseCodesProtocol`, which reports a silent peer here.
 
 `Ending` is the one place that decides how a connection ended and which
 `ws_closed_conns_errors_total{reason}` that counts: every path records its ending through

@@ -121,6 +121,8 @@ fn main() {
     });
 }
 
+// The handshake callback's error type is tungstenite's `ErrorResponse`, fixed by its API.
+#[allow(clippy::result_large_err)]
 async fn session(stream: TcpStream, hub: Arc<Hub>) {
     let _ = stream.set_nodelay(true);
     let mut room = String::from("lobby");
