@@ -4,8 +4,12 @@ Tornado's WebSocketHandler is the session, one instance per connection. The read
 (`on_message`) is synchronous on purpose: it is a plain `def`, so the two histograms time the work
 itself with `with histogram.time():` blocks, never the creation of a coroutine
 (prometheus/client_python#535). The writer (`write_queued`) empties the outbound queue the hub
-fills. Keepalive runs in `tornado_close_codes.CloseCodesProtocol`, which reports a silent peer
-here.
+fills, handing the socket every queued frame in one write (up to `BATCH_BYTES`): Tornado writes
+each `_write_frame` call to the socket at once, one `send` per message. The queue holds finished
+frames (`text_frame`), so a broadcast is framed once for all its recipients. A connection's
+queue is written after each incoming message (see `on_message`), so in a closed-loop broadcast it
+usually holds one frame then: the batching pays when a reader falls behind. Keepalive runs in
+`tornado_close_codes.CloseCodesProtocol`, which reports a silent peer here.
 
 `Ending` is the one place that decides how a connection ended and which
 `ws_closed_conns_errors_total{reason}` that counts: every path records its ending through
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import enum
+import struct
 from typing import TYPE_CHECKING, Any
 
 import tornado.websocket
@@ -30,6 +35,21 @@ from .tornado_close_codes import CloseCodesProtocol
 
 if TYPE_CHECKING:
     from .hub import Hub, Room
+
+# The most one socket write carries; a longer queue goes out in several. The same figure as
+# rust-ws's write_batch.rs.
+BATCH_BYTES = 64 * 1024
+
+
+def text_frame(payload: bytes) -> bytes:
+    """A final, unmasked text frame (RFC 6455 §5.2), as a server sends it: the same bytes for
+    every recipient, so a broadcast is framed once."""
+    n = len(payload)
+    if n < 126:
+        return struct.pack("!BB", 0x81, n) + payload
+    if n <= 0xFFFF:
+        return struct.pack("!BBH", 0x81, 126, n) + payload
+    return struct.pack("!BBQ", 0x81, 127, n) + payload
 
 
 class Ending(enum.Enum):
@@ -61,10 +81,11 @@ class Connection(tornado.websocket.WebSocketHandler):
         # Set by Hub.join when the upgrade completes.
         self.id = ""
         self.room: Room | None = None
-        # The outbound queue: payloads not yet handed to the socket, plus at most one frame that
-        # the socket has not fully taken yet (`inflight`).
+        # The outbound queue: text frames not yet handed to the socket, plus at most one batch
+        # of `inflight_count` frames that the socket has not fully taken yet (`inflight`).
         self.queue: collections.deque[bytes] = collections.deque()
         self.inflight: Future[None] | None = None
+        self.inflight_count = 0
         self.flush_scheduled = False
         # How the connection ended, once something decided it; nothing more is queued after.
         self.ending: Ending | None = None
@@ -127,28 +148,38 @@ class Connection(tornado.websocket.WebSocketHandler):
     def pending(self) -> int:
         """Messages queued for this connection that are not yet written to its socket."""
         inflight = self.inflight
-        return len(self.queue) + (inflight is not None and not inflight.done())
+        busy = inflight is not None and not inflight.done()
+        return len(self.queue) + (self.inflight_count if busy else 0)
 
     def write_queued(self) -> None:
-        """Write queued messages to the socket until the socket stops taking them."""
+        """Write queued frames to the socket, many per write, until the socket stops taking
+        them. Each message counts as sent when the write carrying it has been taken whole."""
         proto = self.protocol
         sent = self.metrics.sent
         queue = self.queue
-        # Bounded: every pass takes one message off the queue.
+        # Bounded: every pass takes at least one frame off the queue.
         for _ in range(len(queue)):
-            if self.inflight is not None:
-                return  # the socket is full; _written() resumes when it drains
+            if self.inflight is not None or not queue:
+                return  # the socket is full (_written() resumes when it drains), or all written
             if proto is None or proto.is_closing():
                 queue.clear()
                 return
-            payload = queue.popleft()
+            frames = [queue.popleft()]
+            size = len(frames[0])
+            while queue and size < BATCH_BYTES:
+                size += len(queue[0])
+                frames.append(queue.popleft())
             try:
-                fut = proto.write_text(payload)
+                # The stream's own write: `write_message` would wrap it in an asyncio Task, and
+                # `_write_frame` frames one message per write. Server frames are unmasked, so the
+                # queued frames are the bytes on the wire.
+                fut = proto.stream.write(frames[0] if len(frames) == 1 else b"".join(frames))
             except StreamClosedError:
                 queue.clear()
                 return
             if not fut.done():
                 self.inflight = fut
+                self.inflight_count = len(frames)
                 fut.add_done_callback(self._written)
                 return
             if fut.exception() is not None:
@@ -156,16 +187,16 @@ class Connection(tornado.websocket.WebSocketHandler):
                 queue.clear()
                 self.end(Ending.SEND_FAILED)
                 return
-            sent.inc()
+            sent.inc(len(frames))
 
     def _written(self, fut: Future[None]) -> None:
-        self.inflight = None
+        count, self.inflight, self.inflight_count = self.inflight_count, None, 0
         if fut.cancelled() or fut.exception() is not None:
             # Closed while waiting. Tornado fails pending writes the same way whichever side
             # closed the stream, so whoever closed it records the ending.
             self.queue.clear()
             return
-        self.metrics.sent.inc()
+        self.metrics.sent.inc(count)
         self.write_queued()
 
     # --- how the connection ended -----------------------------------------------------------

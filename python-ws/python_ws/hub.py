@@ -2,7 +2,7 @@
 
 Every open connection and room lives here. `join` and `leave` are the only code that adds or
 removes a connection (called from `Connection.open` and `Connection.on_close`), and that is where
-the `ws_connections` gauge moves. The hub never writes to a socket: it appends payloads to each
+the `ws_connections` gauge moves. The hub never writes to a socket: it appends text frames to each
 connection's queue, evicts a connection whose queue is full, and asks the connections it marked
 dirty to write their queues out (`Connection.write_queued`).
 
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from . import SERVER_NAME, protocol
 from .config import Config
-from .connection import Ending
+from .connection import Ending, text_frame
 from .metrics import Metrics
 
 if TYPE_CHECKING:
@@ -92,12 +92,14 @@ class Hub:
     # --- fan-out ----------------------------------------------------------------------------
 
     def fan_out(self, room: Room, payload: bytes) -> None:
-        """Queue one serialised payload for every member of `room`; writes nothing."""
+        """Queue one serialised payload for every member of `room`; writes nothing. It is framed
+        once: every member's queue gets the same frame bytes."""
+        frame = text_frame(payload)
         # A snapshot: nothing below removes members synchronously, but a broadcast must never
         # fail half-way because the room changed under it.
         for member in tuple(room.members):
             try:
-                self.enqueue(member, payload)
+                self.enqueue_frame(member, frame)
             except Exception:
                 # One member's failure must not cost the others their message.
                 log.exception("fan-out to connection %s failed", member.id)
@@ -106,12 +108,16 @@ class Hub:
 
     def enqueue(self, conn: Connection, payload: bytes) -> None:
         """Queue `payload` for `conn` without waiting; evict it if its queue is full."""
+        self.enqueue_frame(conn, text_frame(payload))
+
+    def enqueue_frame(self, conn: Connection, frame: bytes) -> None:
+        """Queue a finished text frame for `conn`; see `enqueue`."""
         if conn.ending is not None:
             return  # dropped: this connection is going away
         if conn.pending() >= self.config.send_queue:
             self.evict_slow_consumer(conn)
             return
-        conn.queue.append(payload)
+        conn.queue.append(frame)
         if not conn.flush_scheduled:
             conn.flush_scheduled = True
             self._dirty.append(conn)

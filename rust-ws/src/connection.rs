@@ -13,7 +13,8 @@
 //! (tungstenite 0.21, whose read buffers are fixed and larger) so that [`ws_config`] can size the
 //! read buffer at 4 KiB.
 //!
-//! Beneath tungstenite the socket has two I/O layers: `SentCounter` (counts
+//! Beneath tungstenite the socket has three I/O layers: `WriteBatch` (coalesces a batch of frames
+//! into one socket write, keeps at most one pong pending) over `SentCounter` (counts
 //! `ws_messages_sent_total` as frames reach the socket) over `CodelessClose` (answers a
 //! code-less close with 1000).
 
@@ -29,20 +30,27 @@ use tokio::time::{sleep_until, timeout};
 use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::{Bytes, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::codeless_close::CodelessClose;
-use crate::hub::{Kill, Next, Outbox, Room};
+use crate::hub::{self, Kill, Next, Outbox, Room};
 use crate::metrics::CloseReason;
 use crate::protocol::{self, Kind};
 use crate::sent_counter::SentCounter;
+use crate::write_batch::{WriteBatch, BATCH_BYTES};
 use crate::{log_debug, Server, Slot};
 
-type Ws = WebSocketStream<SentCounter<CodelessClose<IoStream>>>;
+type Ws = WebSocketStream<WriteBatch<SentCounter<CodelessClose<IoStream>>>>;
 
-/// Most queued messages written before one flush.
+/// Most queued messages handed to `WriteBatch` before one flush (which is then one socket write
+/// when the socket has room). A batch also ends at `BATCH_BYTES`.
 const WRITE_BATCH: u64 = 64;
+/// The bound on tungstenite's own write buffer. `WriteBatch` takes every frame as it is written,
+/// so that buffer only ever holds the frame being written; the bound must fit the largest frame
+/// the server sends (an echo of 4,096 characters, each at most 6 bytes as a JSON escape, plus the
+/// other fields: under 26 KiB; `largest_reply_fits_the_write_bound` checks it).
+const MAX_WRITE_BUFFER: usize = 64 * 1024;
 /// How long a client gets to answer our close frame before the TCP connection is dropped.
 const CLOSE_DRAIN: Duration = Duration::from_secs(2);
 /// How long a close frame may wait behind unread data (slow consumers) before giving up.
@@ -52,12 +60,14 @@ const SHUTDOWN_SEND: Duration = Duration::from_secs(1);
 const SHUTDOWN_DRAIN: Duration = Duration::from_millis(1500);
 
 /// tungstenite's buffers for one connection. 4 KiB of eagerly allocated read buffer (the default
-/// is 128 KiB) keeps idle connections small; a write buffer of 0 writes each frame straight out
-/// instead of holding a second copy, since the outbox already queues.
+/// is 128 KiB) keeps idle connections small. A write buffer of 0 hands each frame straight to
+/// `WriteBatch`, which does the coalescing and, unlike tungstenite's buffer, frees its memory once
+/// written out and keeps one pong pending at most; tungstenite's buffer is bounded all the same.
 pub fn ws_config(max_message_bytes: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(4096)
         .write_buffer_size(0)
+        .max_write_buffer_size(MAX_WRITE_BUFFER)
         .max_message_size(Some(max_message_bytes))
         .max_frame_size(Some(max_message_bytes))
 }
@@ -159,8 +169,12 @@ impl Session {
         let server = &self.server;
         let metrics = &server.metrics;
         let mut ws = WebSocketStream::from_raw_socket(
-            // Counts ws_messages_sent_total as frames reach the socket (see sent_counter).
-            SentCounter::new(CodelessClose::new(io), metrics.sent.clone()),
+            // Batches frames into few socket writes (write_batch); counts ws_messages_sent_total
+            // as frames reach the socket (sent_counter).
+            WriteBatch::new(SentCounter::new(
+                CodelessClose::new(io),
+                metrics.sent.clone(),
+            )),
             Role::Server,
             Some(ws_config(server.config.max_message_bytes)),
         )
@@ -200,7 +214,7 @@ impl Session {
         }
         // The rare closing paths are boxed so their buffers and timers don't enlarge every
         // connection's task.
-        // Messages still in tungstenite's buffer go out ahead of the close frame (and count as
+        // Messages still in `WriteBatch`'s buffer go out ahead of the close frame (and count as
         // their bytes reach the socket), or never, if the connection is dropped first.
         Box::pin(close(&mut ws, ending)).await;
         // The TCP connection ends here, then the gauge and the slot follow.
@@ -235,8 +249,12 @@ async fn close(ws: &mut Ws, ending: Ending) -> bool {
     match ending {
         Ending::ClientClosed | Ending::InvalidClose => {
             // tungstenite has queued the echo of the client's close frame (or its 1002 answer);
-            // reading on flushes it and ends the stream once the handshake is complete.
-            matches!(timeout(CLOSE_DRAIN, drain(ws)).await, Ok(true))
+            // reading on hands it to `WriteBatch` and ends the stream once the handshake is
+            // complete. tungstenite doesn't flush on that last step, so flush `WriteBatch` here.
+            let done = timeout(CLOSE_DRAIN, async {
+                drain(ws).await && ws.get_mut().flush().await.is_ok()
+            });
+            matches!(done.await, Ok(true))
         }
         Ending::Shutdown => {
             close_and_drain(
@@ -408,7 +426,8 @@ impl Conn<'_> {
                         self.server.metrics.received_invalid.inc();
                         self.push_own(payload);
                     }
-                    // tungstenite queues the pong itself and flushes it on the next read.
+                    // tungstenite queues the pong itself and hands it to `WriteBatch` on the next
+                    // read, where a newer pong replaces one not yet written (PROTOCOL.md §3).
                     Some(Ok(Message::Ping(_))) => {}
                     Some(Ok(Message::Pong(_))) => {
                         if keepalive.awaiting_since.take().is_some() && pings {
@@ -416,7 +435,8 @@ impl Conn<'_> {
                         }
                     }
                     Some(Ok(Message::Close(frame))) => {
-                        let io = ws.get_mut().inner_mut();
+                        // WriteBatch → SentCounter → CodelessClose.
+                        let io = ws.get_mut().inner_mut().inner_mut();
                         // The code as the client sent it (tungstenite's frame has 1002 in place
                         // of a code it refused), or None without a code.
                         let sent = io.client_close_code().flatten();
@@ -445,9 +465,13 @@ impl Conn<'_> {
         }
     }
 
-    /// Writes `first` and whatever else is queued (up to a batch), then flushes. A kill or the
-    /// keepalive deadline interrupts a write stuck behind a client that doesn't read; what was
-    /// handed to tungstenite stays in its buffer and goes out with the next flush or close.
+    /// Writes `first` and whatever else is queued (up to a batch), then flushes: `WriteBatch`
+    /// turns the batch into one socket write when the socket has room. The queued messages are
+    /// finished frames (a broadcast's is shared by every recipient), so they go straight to
+    /// `WriteBatch`; tungstenite only writes its own frames (pong, ping, close), and as
+    /// `WriteBatch` takes every frame whole at once, the two never interleave inside a frame. A kill or the keepalive
+    /// deadline interrupts a write stuck behind a client that doesn't read; what was handed on
+    /// stays in `WriteBatch` and goes out with the next flush or close.
     ///
     /// Nothing is counted here: `ws_messages_sent_total` moves in `SentCounter` as each message's
     /// frame reaches the socket, because an interrupted write's leftovers are flushed later by a
@@ -455,17 +479,18 @@ impl Conn<'_> {
     async fn write(
         &mut self,
         ws: &mut Ws,
-        first: Utf8Bytes,
+        first: Bytes,
         ping_timer: &mut Pin<&mut tokio::time::Sleep>,
     ) -> Result<WriteDone, Ending> {
         let outbox = self.outbox;
         let write = async {
-            ws.feed(Message::Text(first)).await?;
+            let batch = ws.get_mut();
+            batch.push_frame(&first);
             let mut fed = 1;
-            while fed < WRITE_BATCH {
+            while fed < WRITE_BATCH && batch.pending() < BATCH_BYTES {
                 match outbox.try_pop() {
                     Some(m) => {
-                        ws.feed(Message::Text(m)).await?;
+                        batch.push_frame(&m);
                         fed += 1;
                     }
                     None => break,
@@ -492,7 +517,7 @@ impl Conn<'_> {
     /// slow-consumer eviction a fan-out would do; the main loop sees the kill next.
     fn push_own(&self, payload: String) {
         self.outbox
-            .push(payload.into(), self.server.hub.send_queue());
+            .push(hub::text_frame(&payload), self.server.hub.send_queue());
     }
 
     /// Parse, validate, serialise (the handling timer), then hand off: to our own queue for an
@@ -586,6 +611,34 @@ mod tests {
         assert_eq!(classify(&bad_utf8), Ending::Protocol(CloseCode::Invalid));
         let rsv = WsError::Protocol(ProtocolError::NonZeroReservedBits);
         assert_eq!(classify(&rsv), Ending::Protocol(CloseCode::Protocol));
+    }
+
+    /// tungstenite refuses a frame larger than its write bound, so the largest reply the
+    /// protocol allows (every string at its longest, every character a 6-byte JSON escape) must
+    /// fit in `MAX_WRITE_BUFFER` with its frame header.
+    #[test]
+    fn largest_reply_fits_the_write_bound() {
+        let esc = |n: usize| "\\u0001".repeat(n);
+        let text = format!(
+            r#"{{"type":"echo","user":"{}","text":"{}","ref":"{}","sent_at":9007199254740991}}"#,
+            esc(32),
+            esc(4096),
+            esc(64)
+        );
+        let value = protocol::parse(&text).unwrap();
+        let msg = protocol::validate(&value).unwrap();
+        let reply =
+            protocol::finish_reply(protocol::reply_head(&msg, u64::MAX), u64::MAX, u64::MAX);
+        assert!(
+            reply.len() > 6 * 4096,
+            "every character escaped: {}",
+            reply.len()
+        );
+        assert!(
+            reply.len() + 14 <= MAX_WRITE_BUFFER,
+            "{} bytes",
+            reply.len()
+        );
     }
 
     /// The keepalive timer: next ping one interval after the last; once a ping is out, the

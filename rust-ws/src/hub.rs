@@ -5,6 +5,10 @@
 //! Locks here are `std::sync::Mutex` and are only ever held for in-memory work: never across an
 //! `.await`. A fan-out pushes an already serialised, reference-counted payload onto each member's
 //! queue with a non-blocking push, so one slow reader can never stall a room.
+//!
+//! Queues hold whole WebSocket frames ([`text_frame`]), not payloads: a server's frames are
+//! unmasked, so a broadcast's frame is the same bytes for every recipient and is built once,
+//! and the writer copies it into its batch without framing it again per recipient.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,7 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use tokio::sync::Notify;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio_tungstenite::tungstenite::Bytes;
 
 use crate::protocol;
 
@@ -28,7 +32,8 @@ pub enum Kill {
 /// What the connection's writer gets next.
 #[derive(Debug)]
 pub enum Next {
-    Message(Utf8Bytes),
+    /// A whole text frame (see [`text_frame`]).
+    Message(Bytes),
     Kill(Kill),
 }
 
@@ -52,7 +57,7 @@ pub struct Outbox {
 }
 
 struct OutboxState {
-    queue: VecDeque<Utf8Bytes>,
+    queue: VecDeque<Bytes>,
     kill: Option<Kill>,
 }
 
@@ -74,7 +79,7 @@ impl Outbox {
     }
 
     /// Enqueues `msg` unless the queue already holds `capacity` messages; never waits.
-    pub fn push(&self, msg: Utf8Bytes, capacity: usize) -> Push {
+    pub fn push(&self, msg: Bytes, capacity: usize) -> Push {
         let result = {
             let mut s = self.lock();
             if s.kill.is_some() {
@@ -112,7 +117,7 @@ impl Outbox {
     }
 
     /// The next message without waiting; `None` when empty or killed.
-    pub fn try_pop(&self) -> Option<Utf8Bytes> {
+    pub fn try_pop(&self) -> Option<Bytes> {
         let mut s = self.lock();
         if s.kill.is_some() {
             return None;
@@ -165,6 +170,24 @@ impl Default for Outbox {
     fn default() -> Self {
         Outbox::new()
     }
+}
+
+/// A final, unmasked text frame carrying `payload` (RFC 6455 §5.2), as a server sends it.
+pub fn text_frame(payload: &str) -> Bytes {
+    let n = payload.len();
+    let mut f = Vec::with_capacity(n + 10);
+    f.push(0x81); // FIN + text
+    if n < 126 {
+        f.push(n as u8);
+    } else if n <= 0xFFFF {
+        f.push(126);
+        f.extend_from_slice(&(n as u16).to_be_bytes());
+    } else {
+        f.push(127);
+        f.extend_from_slice(&(n as u64).to_be_bytes());
+    }
+    f.extend_from_slice(payload.as_bytes());
+    f.into()
 }
 
 struct Member {
@@ -275,7 +298,7 @@ impl Hub {
                 outbox: outbox.clone(),
             });
             let welcome = protocol::welcome(id, room_name, r.members.len());
-            outbox.push(welcome.into(), self.send_queue);
+            outbox.push(text_frame(&welcome), self.send_queue);
         }
         Some(room)
     }
@@ -317,7 +340,8 @@ impl Hub {
         let mut r = room.lock();
         let t0 = Instant::now();
         r.seq += 1;
-        let payload: Utf8Bytes = finish(r.seq).into();
+        // Serialised and framed once; every member gets the same bytes.
+        let payload = text_frame(&finish(r.seq));
         let t1 = Instant::now();
         let mut evicted = false;
         for m in &r.members {
@@ -362,19 +386,36 @@ impl Hub {
 mod tests {
     use super::*;
 
-    fn text(b: &Utf8Bytes) -> &str {
-        b.as_str()
+    /// The payload of a short text frame.
+    fn text(b: &Bytes) -> &str {
+        assert_eq!(b[0], 0x81);
+        assert!(b[1] < 126);
+        std::str::from_utf8(&b[2..]).unwrap()
+    }
+
+    fn frame(s: &str) -> Bytes {
+        text_frame(s)
+    }
+
+    #[test]
+    fn text_frames_use_the_shortest_length_form() {
+        assert_eq!(&text_frame("ab")[..], [0x81, 2, b'a', b'b']);
+        let f = text_frame(&"x".repeat(126));
+        assert_eq!((&f[..4], f.len()), (&[0x81, 126, 0, 126][..], 130));
+        let f = text_frame(&"x".repeat(70_000));
+        assert_eq!(&f[..10], [0x81, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70]);
+        assert_eq!(f.len(), 70_010);
     }
 
     #[tokio::test]
     async fn outbox_is_bounded_and_a_full_push_kills() {
         let o = Outbox::new();
-        assert_eq!(o.push("a".into(), 2), Push::Queued);
-        assert_eq!(o.push("b".into(), 2), Push::Queued);
+        assert_eq!(o.push(frame("a"), 2), Push::Queued);
+        assert_eq!(o.push(frame("b"), 2), Push::Queued);
         assert_eq!(o.len(), 2);
-        assert_eq!(o.push("c".into(), 2), Push::Full);
+        assert_eq!(o.push(frame("c"), 2), Push::Full);
         assert_eq!(o.killed(), Some(Kill::SlowConsumer));
-        assert_eq!(o.push("d".into(), 2), Push::Closed);
+        assert_eq!(o.push(frame("d"), 2), Push::Closed);
         assert!(matches!(o.next().await, Next::Kill(Kill::SlowConsumer)));
         assert!(o.try_pop().is_none());
     }
@@ -397,7 +438,7 @@ mod tests {
         };
         for m in ["1", "2", "3"] {
             tokio::task::yield_now().await;
-            assert_eq!(o.push(m.into(), 10), Push::Queued);
+            assert_eq!(o.push(frame(m), 10), Push::Queued);
         }
         let got = tokio::time::timeout(std::time::Duration::from_secs(5), reader)
             .await

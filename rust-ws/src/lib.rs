@@ -19,6 +19,7 @@
 //! | `listen_backlog` | workaround: Rocket/mio listen with 128, PROTOCOL.md asks 1024 |
 //! | `codeless_close` | workaround: tungstenite's close echo (code-less → 1000, refused codes counted, 1014 echoed) |
 //! | `sent_counter` | `ws_messages_sent_total`, counted as frames reach the socket |
+//! | `write_batch` | coalesced writes: a batch of frames per socket write, one pending pong at most |
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -40,6 +41,7 @@ pub mod metrics;
 pub mod protocol;
 pub mod routes;
 pub mod sent_counter;
+pub mod write_batch;
 
 pub use config::{Config, LogLevel};
 pub use metrics::Metrics;

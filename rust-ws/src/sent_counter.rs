@@ -7,14 +7,15 @@
 //! PROTOCOL.md §4 counts messages written to a client's socket. Counting in the session instead
 //! (when tungstenite takes the message, or when a flush returns) misses or invents messages
 //! whenever a flush is cut short: a write interrupted by an eviction or the keepalive deadline
-//! leaves frames in tungstenite's buffer, and those go out (or not, or in part) with a later
-//! read, ping or close frame, on paths that don't know which messages they carried. Below
-//! tungstenite every path meets here, so [`SentCounter`] follows the outgoing frames through their
+//! leaves frames in `WriteBatch`'s buffer, and those go out (or not, or in part) with a later
+//! read, ping or close frame, on paths that don't know which messages they carried. Beneath the
+//! batching every path meets here, so [`SentCounter`] follows the outgoing frames through their
 //! headers and counts a data message (FIN with opcode text, binary or continuation) once the
 //! layer beneath has accepted its last byte.
 //!
-//! It sits directly under tungstenite, above `CodelessClose`: it sees tungstenite's own byte
-//! stream, and the close-frame rewrite beneath it touches no data frame.
+//! It sits under `WriteBatch` (write_batch.rs: the frames of a batch, tungstenite's and the
+//! queued ones, arrive here together in one write, which is still whole frames in order) and
+//! above `CodelessClose`, whose close-frame rewrite touches no data frame.
 
 use std::io;
 use std::pin::Pin;

@@ -102,6 +102,82 @@ async fn shutdown_closes_with_1001_and_counts_nothing_abnormal() {
     }
 }
 
+/// PROTOCOL.md §3: at most one pong pending per connection. A client that sends many pings and
+/// reads nothing gets, once it reads, only what the kernel's socket buffers held plus one pong,
+/// then its echo: not one pong per ping (which would be N × 127 bytes of server memory).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pings_from_a_client_that_never_reads_leave_one_pong_pending() {
+    use futures_util::SinkExt;
+    const PINGS: usize = 100_000;
+    let config = Config {
+        host: Some("127.0.0.1".parse().unwrap()),
+        port: Some(0),
+        ping_interval_secs: 0,
+        ..Config::default()
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let rocket = rust_ws::rocket(config).attach(AdHoc::on_liftoff("test port", move |r| {
+        let port = r.config().port;
+        Box::pin(async move {
+            let _ = tx.send(port);
+        })
+    }));
+    let rocket = rocket.ignite().await.expect("ignite");
+    let shutdown = rocket.shutdown();
+    let server = tokio::spawn(rocket.launch());
+    let port = tokio::time::timeout(TIMEOUT, rx).await.unwrap().unwrap();
+
+    // A small receive buffer, so the kernel holds few of the pongs the client leaves unread.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket
+        .connect(format!("127.0.0.1:{port}").parse().unwrap())
+        .await
+        .unwrap();
+    let url = format!("ws://127.0.0.1:{port}/ws");
+    let (mut ws, _) = tokio::time::timeout(TIMEOUT, tokio_tungstenite::client_async(url, stream))
+        .await
+        .unwrap()
+        .unwrap();
+    let payload = vec![b'p'; 125];
+    let sending = async {
+        for i in 0..PINGS {
+            ws.feed(Message::Ping(payload.clone().into()))
+                .await
+                .unwrap();
+            if i % 1000 == 999 {
+                ws.flush().await.unwrap();
+            }
+        }
+        let echo = r#"{"type":"echo","user":"u","text":"after the pings"}"#;
+        ws.send(Message::text(echo)).await.unwrap();
+    };
+    tokio::time::timeout(Duration::from_secs(60), sending)
+        .await
+        .expect("the server stopped reading pings");
+
+    let mut pongs = 0;
+    let reading = async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Pong(_))) => pongs += 1,
+                Some(Ok(Message::Text(t))) if t.contains("after the pings") => break,
+                Some(Ok(_)) => {}
+                other => panic!("the connection ended: {other:?}"),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), reading)
+        .await
+        .expect("no echo after the pings");
+    // The kernel buffers (send buffer at most 4 MiB here) hold at most ~33,000 pongs of 127
+    // bytes; without the bound every ping's pong would come back.
+    assert!(pongs >= 1, "no pong at all");
+    assert!(pongs < PINGS / 2, "{pongs} pongs for {PINGS} pings");
+    shutdown.notify();
+    let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+}
+
 // ---- the binary ------------------------------------------------------------------------------
 
 const BIN: &str = env!("CARGO_BIN_EXE_rust-ws");
