@@ -210,6 +210,13 @@ class Client:
         rcvd = self.ws.protocol.close_rcvd
         return None if rcvd is None else rcvd.code
 
+    def send_refused(self, message) -> None:
+        """Send a message the server is expected to refuse by closing. websockets ends a
+        fragmented send with an empty final frame, which can cross the server's close: a close
+        that arrives while the client is still sending ends the send, not the test."""
+        with contextlib.suppress(ConnectionClosed):
+            self.ws.send(message)
+
     def wait_closed_by_server(self, timeout: float = TIMEOUT) -> list:
         """Read until the server closes the connection; return the messages read meanwhile."""
         got = []

@@ -59,7 +59,7 @@ def test_message_over_limit_closes_with_1009(server, fragmented):
     with Clients(server) as cs:
         a = cs.join(unique_room())
         text = message_of_size(LIMIT + 1)
-        a.ws.send(fragments(text) if fragmented else text)
+        a.send_refused(fragments(text) if fragmented else text)
         got = a.wait_closed_by_server()
         assert got == [], f"the server answered before closing: {got}"
         assert a.close_rcvd_code == 1009
@@ -79,11 +79,11 @@ def test_configured_limit_is_honoured(small_server):
         assert a.recv_json()["text"] == "big"
         a.ws.send(message_of_size(SMALL))
         assert a.recv_json()["text"] == "big"
-        a.ws.send(message_of_size(SMALL + 1))
+        a.send_refused(message_of_size(SMALL + 1))
         a.wait_closed_by_server()
         assert a.close_rcvd_code == 1009
         b = cs.join(unique_room())
-        b.ws.send(fragments(message_of_size(SMALL + 1), 100))
+        b.send_refused(fragments(message_of_size(SMALL + 1), 100))
         b.wait_closed_by_server()
         assert b.close_rcvd_code == 1009
     wait_for_sample(small_server, "ws_closed_conns_errors_total", 2, reason="too_large")
@@ -92,7 +92,7 @@ def test_configured_limit_is_honoured(small_server):
 def test_binary_message_over_limit_closes_with_1009(server):
     with Clients(server) as cs:
         a = cs.join(unique_room())
-        a.ws.send(b"x" * (LIMIT + 1))
+        a.send_refused(b"x" * (LIMIT + 1))
         a.wait_closed_by_server()
         assert a.close_rcvd_code == 1009
 
