@@ -221,6 +221,7 @@ impl Session {
         drop(ws);
         drop(_open);
         drop(self.slot);
+        crate::reclaim::connection_ended();
     }
 }
 

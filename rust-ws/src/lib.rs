@@ -39,6 +39,7 @@ pub mod listen_backlog;
 pub mod log;
 pub mod metrics;
 pub mod protocol;
+pub mod reclaim;
 pub mod routes;
 pub mod sent_counter;
 pub mod write_batch;

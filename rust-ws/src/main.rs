@@ -91,6 +91,7 @@ fn main() -> ExitCode {
         .worker_threads(rocket_config.workers)
         .max_blocking_threads(rocket_config.max_blocking)
         .thread_name("rocket-worker-thread")
+        .on_thread_park(rust_ws::reclaim::on_worker_park)
         .enable_all()
         .build()
     {
