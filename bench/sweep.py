@@ -249,9 +249,9 @@ def plan(a: argparse.Namespace) -> list[Step]:
 
 
 class Server:
-    """A server process on loopback, pinned to CPU 0 when pinning is on."""
+    """A server process on loopback, pinned to `cpu` (CPU 0 by default) when pinning is on."""
 
-    def __init__(self, name: str, a: argparse.Namespace, env: dict[str, str]):
+    def __init__(self, name: str, a: argparse.Namespace, env: dict[str, str], cpu: str = "0"):
         self.name = name
         self.port = a.rust_port if name == "rust-ws" else a.py_port
         e = dict(
@@ -259,7 +259,7 @@ class Server:
         )
         cmd = [a.rust_bin] if name == "rust-ws" else [a.python, "-m", "python_ws"]
         if a.pin:
-            cmd = ["taskset", "-c", "0", *cmd]
+            cmd = ["taskset", "-c", cpu, *cmd]
         if port_open(self.port):
             sys.exit(f"sweep.py: something already listens on 127.0.0.1:{self.port}")
         self.log = open(Path(a.work) / f"{name}.log", "ab")  # noqa: SIM115 (closed in stop)

@@ -19,6 +19,7 @@ from . import SERVER_NAME, protocol
 from .config import Config
 from .connection import Ending, text_frame
 from .metrics import Metrics
+from .reclaim import Reclaimer
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -54,6 +55,7 @@ class Hub:
         self._flush_scheduled = False
         self.shutting_down = False
         self._empty: asyncio.Event | None = None
+        self.reclaimer = Reclaimer(lambda delay, f: asyncio.get_running_loop().call_later(delay, f))
 
     # --- membership: called only from Connection.open and Connection.on_close ---------------
 
@@ -86,6 +88,7 @@ class Hub:
             del self.rooms[room.name]
         conn.queue.clear()
         self.metrics.connections.dec()
+        self.reclaimer.connection_ended()
         if self._empty is not None and not self.connections:
             self._empty.set()
 
