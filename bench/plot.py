@@ -321,7 +321,9 @@ def main() -> None:
             "Each path a fresh server: connections opened as a storm, each sent one message "
             "(`echo`: a valid echo; `error`: a short non-JSON text, answered with an error; "
             "`broadcast`: a broadcast in a room of its own), held, then ended with a close "
-            "handshake (`close`) or an RST (`reset`, SO_LINGER 0).\n"
+            "handshake (`close`) or an RST (`reset`, SO_LINGER 0). rust-ws runs two worker "
+            "threads (`ROCKET_WORKERS=2`, as on two unpinned cores) though pinned to one core, "
+            "so blocks freed by another thread than their owner are part of every path.\n"
         )
         cols = [
             ("server", lambda r: r["target"]),

@@ -43,6 +43,10 @@ from pathlib import Path
 from sweep import ROOT, Server, fmt_secs
 
 SAMPLE_SECS = 10.0
+# A churn hold holds for 3 s and ends without a settle (the cycle's baseline sample settles);
+# a churn broadcast waits at most 3 s for its last deliveries.
+HOLD_TIMES = ["--hold-secs", "3", "--settle-secs", "0"]
+DRAIN = ["--drain-secs", "3"]
 MIB = 1024 * 1024
 
 
@@ -107,14 +111,23 @@ def churn_cycle(a: argparse.Namespace, k: int) -> list[tuple[str, list[str], flo
         ("sessions", ["sessions", "-c", str(a.workers), "-d", str(d)], d + 30),
         (
             f"hold-{ex}-{end}",
-            ["hold", "-n", str(n), "--exchange", ex, "--end", end, "--hold-secs", "3"]
-            + ["--settle-secs", "0"],
+            ["hold", "-n", str(n), "--exchange", ex, "--end", end, *HOLD_TIMES],
             n / 500 + 40,
         ),
         (
             "broadcast",
-            ["broadcast", "-c", str(a.bcast_c), "--rooms", "4", "--rate", "1", "-d", str(d)]
-            + ["--drain-secs", "3"],
+            [
+                "broadcast",
+                "-c",
+                str(a.bcast_c),
+                "--rooms",
+                "4",
+                "--rate",
+                "1",
+                "-d",
+                str(d),
+                *DRAIN,
+            ],
             d + 40,
         ),
     ]
@@ -337,29 +350,34 @@ def plot(rows: list[dict], targets: list[str], png: Path) -> None:
 
 
 def mib(v: float | None) -> str:
-    return "–" if v is None else f"{v / MIB:.1f} MiB"
+    return "n/a" if v is None else f"{v / MIB:.1f} MiB"
 
 
 def slope(v: float | None) -> str:
-    return "–" if v is None else f"{v:+.2f} MiB/h"
+    return "n/a" if v is None else f"{v:+.2f} MiB/h"
 
 
 def report(a: argparse.Namespace, rows: list[dict], targets: list[str], stem: str) -> str:
     sums = [summarise(rows, t) for t in targets]
     lines = [
-        f"# Churn soak, {time.strftime('%Y-%m-%d', time.gmtime())}",
+        f"# Churn soak, {stem[5:]}",
         "",
         f"Written by `bench/soak.py --minutes {a.minutes:g}` (issue 15 §4). Both servers soaked "
         f"at the same time for {a.minutes:g} minutes, natively on loopback"
-        + (", rust-ws pinned to CPU 0 and python-ws to CPU 1, each server's ws-bench runs on "
-        "the other core" if a.pin else ", unpinned")
+        + (
+            ", rust-ws pinned to CPU 0 and python-ws to CPU 1, each server's ws-bench runs on "
+            "the other core"
+            if a.pin
+            else ", unpinned"
+        )
         + f". Against each: {a.holders:,} idle holders for the whole run, and churn cycles of "
         f"`sessions` ({a.workers} workers, {a.step_secs:g} s), a `hold` of {a.churn_n:,} "
-        "connections over one path per cycle (echo / error / broadcast × close / reset, in turn) "
-        f"and paced `broadcast` ({a.bcast_c} connections, 4 rooms, 1/s each, {a.step_secs:g} s). "
-        "RSS, open fds and `ws_connections` sampled every 10 s; a baseline sample after each cycle, "
-        "when only the holders are open. The slope is a least-squares fit over the baselines after "
-        "the first cycle (the warm-up); over every sample after the first minute for comparison.",
+        "connections over one path per cycle (echo / error / broadcast, each with close / "
+        f"reset, in turn) and paced `broadcast` ({a.bcast_c} connections, 4 rooms, 1/s each, "
+        f"{a.step_secs:g} s). RSS, open fds and `ws_connections` sampled every 10 s; a baseline "
+        "sample after each whole cycle, when only the holders are open. The slope is a "
+        "least-squares fit over the baselines after the first cycle (the warm-up); over every "
+        "sample after the first minute for comparison.",
         "",
         f"![RSS and fds over time]({stem}.png)",
         "",
@@ -385,6 +403,30 @@ def report(a: argparse.Namespace, rows: list[dict], targets: list[str], stem: st
     return "\n".join(lines)
 
 
+# The settings a report states, kept in the JSON lines' first row.
+META = ("minutes", "pin", "holders", "churn_n", "workers", "bcast_c", "step_secs", "servers")
+
+
+def write_report(
+    rows: list[dict], a: argparse.Namespace, out: Path, stem: str, targets: list[str]
+) -> None:
+    plot(rows, targets, out / f"{stem}.png")
+    (out / f"{stem}.md").write_text(report(a, rows, targets, stem))
+    print(f"soak: wrote {out / stem}.md, .png and .jsonl", file=sys.stderr)
+
+
+def render(jsonl: Path, a: argparse.Namespace) -> None:
+    """The report and plot again from a soak's JSON lines, with the settings its meta row
+    recorded (a soak written before the meta row existed takes the command line's)."""
+    rows = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
+    for r in rows:
+        if r["kind"] == "meta":
+            for k in META:
+                setattr(a, k, r[k])
+    targets = [t for t in a.servers.split() if any(r["target"] == t for r in rows)]
+    write_report(rows, a, jsonl.parent, jsonl.stem, targets)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--minutes", type=float, default=30.0)
@@ -402,7 +444,15 @@ def main() -> None:
     p.add_argument("--bcast-c", type=int, default=200, help="connections per churn broadcast")
     p.add_argument("--step-secs", type=float, default=15.0, help="seconds per timed churn step")
     p.add_argument("--settle-secs", type=float, default=5.0)
+    p.add_argument(
+        "--render",
+        metavar="JSONL",
+        help="only write the report and plot again from a soak's JSON lines (its settings too)",
+    )
     a = p.parse_args()
+    if a.render:
+        render(Path(a.render), a)
+        return
     if not (0.5 <= a.minutes <= 24 * 60):
         sys.exit("soak.py: --minutes must be from 0.5 to 1440")
     for path in (a.bench, a.rust_bin):
@@ -418,6 +468,7 @@ def main() -> None:
     stem = f"soak-{time.strftime('%Y-%m-%d', time.gmtime())}"
     targets = a.servers.split()
     sink = Sink(out / f"{stem}.jsonl")
+    sink.write({"kind": "meta", "target": "", "date": stem[5:], **{k: getattr(a, k) for k in META}})
     servers: list[Server] = []
     try:
         for i, name in enumerate(targets):
@@ -437,10 +488,7 @@ def main() -> None:
             s.stop()
         sink.close()
     errors = [f"{s.server.name}: {s.error}" for s in soaks if s.error]
-    rows = sink.rows
-    plot(rows, targets, out / f"{stem}.png")
-    (out / f"{stem}.md").write_text(report(a, rows, targets, stem))
-    print(f"soak: wrote {out / stem}.md, .png and .jsonl", file=sys.stderr)
+    write_report(sink.rows, a, out, stem, targets)
     if errors:
         sys.exit("soak.py: " + "; ".join(errors))
 

@@ -10,7 +10,8 @@ The sweeps (`--quick` shrinks sizes and durations so the whole pipeline runs in 
 
 1. `conns`: hold 1k, 2.5k, 5k, 10k and the fd-limit tier, from helper processes over several
    loopback source addresses; a fresh server per tier.
-   `paths`: one hold tier over each path (ok echo, error replies, broadcast, reset) for issue 15.
+   `paths`: one hold tier over each path (ok echo, error replies, broadcast; each ended by a
+   close handshake or a reset) for issue 15, rust-ws with two worker threads.
 2. `fanout`: one room of 10..10,000 members, paced to a fixed offered delivery rate.
 3. `msgsize`: closed-loop echo with 64 B .. 64 KiB requests.
 4. `knee-echo`, `knee-broadcast`: open-loop offered load in rising steps until the server
@@ -103,13 +104,13 @@ def plan(a: argparse.Namespace) -> list[Step]:
                 server_env=ping,
             )
         )
-    # Memory coming back over each path (issue 15 §3), at one tier.
+    # Memory coming back over each path (issue 15 §3), at one tier. rust-ws runs two worker
+    # threads here, as it does on two unpinned cores (compose): pinned with one worker, no block is
+    # ever freed by a thread other than its owner, and that path (rust-ws/src/reclaim.rs) would go
+    # unmeasured. python-ws ignores ROCKET_WORKERS.
     pn = 200 if q else a.paths_n
     for ex, end in [
-        ("echo", "close"),
-        ("error", "close"),
-        ("broadcast", "close"),
-        ("echo", "reset"),
+        (ex, end) for end in ("close", "reset") for ex in ("echo", "error", "broadcast")
     ]:
         steps.append(
             Step(
@@ -131,6 +132,7 @@ def plan(a: argparse.Namespace) -> list[Step]:
                 pn / 3000 + hold_s + settle + 4,
                 f"path-{ex}-{end}",
                 fresh=True,
+                server_env={"ROCKET_WORKERS": "2"},
             )
         )
 

@@ -12,10 +12,11 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 
 import pytest
-from pyws_support import Server, http_get, metric, wait_metric
+from pyws_support import Server, http_get, metric, run_server, wait_metric
 from websockets.sync.client import connect
 from wire import OP_CONT, OP_TEXT, RawWS
 
@@ -80,3 +81,30 @@ def test_healthcheck_module(server: Server) -> None:
     server.proc.send_signal(signal.SIGTERM)
     server.proc.wait(timeout=10)
     assert healthcheck() == 1
+
+
+def test_a_wave_of_disconnects_is_collected_and_trimmed() -> None:
+    # python_ws/reclaim.py: once MIN_ENDED connections have ended and QUIET_SECS passed with no
+    # more, the hub runs gc.collect() and glibc's malloc_trim(0), once for the wave.
+    n = 300
+    with run_server({"LOG_LEVEL": "debug"}) as server:
+        clients = []
+        try:
+            for _ in range(n):
+                raw = RawWS(server.port)
+                clients.append(raw)
+                assert raw.recv_json()["type"] == "welcome"
+        finally:
+            for raw in clients:
+                raw.close()
+        wait_metric(server, "ws_connections", 0)
+        deadline = time.monotonic() + 5
+        lines: list[str] = []
+        while time.monotonic() < deadline:
+            lines = [line for line in server.log().splitlines() if "reclaim after" in line]
+            if lines:
+                break
+            time.sleep(0.1)
+        assert len(lines) == 1, server.log()[-2000:]
+        assert f"reclaim after {n} connections ended" in lines[0], lines
+        assert "malloc_trim ran" in lines[0], lines
