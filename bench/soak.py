@@ -35,6 +35,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -464,7 +465,8 @@ def main() -> None:
     a.quick = False
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    a.work = str(out)
+    # The servers' logs stay out of the results directory.
+    a.work = tempfile.mkdtemp(prefix="wslab-soak-")
     stem = f"soak-{time.strftime('%Y-%m-%d', time.gmtime())}"
     targets = a.servers.split()
     sink = Sink(out / f"{stem}.jsonl")
@@ -489,6 +491,7 @@ def main() -> None:
         sink.close()
     errors = [f"{s.server.name}: {s.error}" for s in soaks if s.error]
     write_report(sink.rows, a, out, stem, targets)
+    print(f"soak: server logs in {a.work}", file=sys.stderr)
     if errors:
         sys.exit("soak.py: " + "; ".join(errors))
 
