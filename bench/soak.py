@@ -279,6 +279,7 @@ def summarise(rows: list[dict], target: str) -> dict:
         r for r in rows if r["target"] == target and r["kind"] in ("bench-error", "bench-timeout")
     ]
     warm = baselines[1:]  # the first cycle is the warm-up
+    half = max((r["t"] for r in samples), default=0) / 2
     fails = sum(sum((b.get("connect_failures") or {}).values()) for b in benches)
     errors = sum(sum((b.get("errors") or {}).values()) for b in benches)
     rss = [r["rss"] for r in samples if r["rss"]]
@@ -296,6 +297,10 @@ def summarise(rows: list[dict], target: str) -> dict:
         "after_fds": after["fds"] if after else None,
         "after_conns": after["ws_connections"] if after else None,
         "slope_baselines": slope_mib_per_hour([(r["t"], r["rss"]) for r in warm if r["rss"]]),
+        # The second half alone: a warm-up that levels off is not a leak.
+        "slope_second_half": slope_mib_per_hour(
+            [(r["t"], r["rss"]) for r in warm if r["rss"] and r["t"] >= half]
+        ),
         "slope_all": slope_mib_per_hour(
             [(r["t"], r["rss"]) for r in samples if r["rss"] and r["t"] >= 60]
         ),
@@ -377,20 +382,23 @@ def report(a: argparse.Namespace, rows: list[dict], targets: list[str], stem: st
         f"reset, in turn) and paced `broadcast` ({a.bcast_c} connections, 4 rooms, 1/s each, "
         f"{a.step_secs:g} s). RSS, open fds and `ws_connections` sampled every 10 s; a baseline "
         "sample after each whole cycle, when only the holders are open. The slope is a "
-        "least-squares fit over the baselines after the first cycle (the warm-up); over every "
-        "sample after the first minute for comparison.",
+        "least-squares fit over the baselines after the first cycle (the warm-up), over those of "
+        "the second half alone (a warm-up that levels off is not a leak), and over every sample "
+        "after the first minute for comparison.",
         "",
         f"![RSS and fds over time]({stem}.png)",
         "",
-        "| server | idle | first → last baseline | slope (baselines) | slope (all samples) "
+        "| server | idle | first → last baseline | slope (baselines) | slope (baselines, "
+        "second half) | slope (all samples) "
         "| peak | after (holders gone) | fds idle / between cycles / peak / after | cycles "
         "| connections opened | sessions | failed handshakes | errors |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in sums:
         lines.append(
             f"| {s['target']} | {mib(s['idle_rss'])} | {mib(s['first_baseline'])} → "
             f"{mib(s['last_baseline'])} | {slope(s['slope_baselines'])} | "
+            f"{slope(s['slope_second_half'])} | "
             f"{slope(s['slope_all'])} | {mib(s['peak_rss'])} | {mib(s['after_rss'])} | "
             f"{s['idle_fds']} / {s['last_baseline_fds']} / {s['max_fds']} / {s['after_fds']} | "
             f"{s['cycles']} | {s['connections_opened']:,} | {s['sessions']:,} | "
