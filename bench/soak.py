@@ -137,9 +137,11 @@ def churn_cycle(a: argparse.Namespace, k: int) -> list[tuple[str, list[str], flo
 class Soak(threading.Thread):
     """One server's soak: holders, the churn loop, and the sampler, writing to a shared sink."""
 
-    def __init__(self, server: Server, a: argparse.Namespace, sink: Sink):
+    def __init__(self, server: Server, cpu: str, a: argparse.Namespace, sink: Sink):
         super().__init__(name=f"soak-{server.name}")
         self.server = server
+        # This server's ws-bench runs on the other core, so no client takes its server's core.
+        self.client_cpu = "1" if cpu == "0" else "0"
         self.a = a
         self.sink = sink
         self.url = f"ws://127.0.0.1:{server.port}/ws"
@@ -170,15 +172,24 @@ class Soak(threading.Thread):
             next_at += SAMPLE_SECS
             self.stop_sampling.wait(max(0.0, next_at - time.monotonic()))
 
-    def bench(self, label: str, args: list[str], limit: float) -> dict | None:
+    def bench_cmd(self, label: str, args: list[str]) -> list[str]:
         cmd = [self.a.bench, "--url", self.url, "--json", "--label", label, *args]
-        if self.a.pin:
-            cmd = ["taskset", "-c", self.client_cpu(), *cmd]
+        return ["taskset", "-c", self.client_cpu, *cmd] if self.a.pin else cmd
+
+    def record(self, stdout: str) -> None:
+        """ws-bench's JSON report (its last line) as a `bench` row."""
+        rep = json.loads(stdout.strip().splitlines()[-1])
+        self.sink.write(
+            {"kind": "bench", "target": self.server.name, "t": time.monotonic() - self.t0, **rep}
+        )
+
+    def bench(self, label: str, args: list[str], limit: float) -> None:
+        cmd = self.bench_cmd(label, args)
         try:
             p = subprocess.run(cmd, capture_output=True, text=True, timeout=limit)
         except subprocess.TimeoutExpired:
             self.sink.write({"kind": "bench-timeout", "target": self.server.name, "label": label})
-            return None
+            return
         if p.returncode != 0 or not p.stdout.strip():
             self.sink.write(
                 {
@@ -189,17 +200,8 @@ class Soak(threading.Thread):
                     "stderr": p.stderr[-2000:],
                 }
             )
-            return None
-        rep = json.loads(p.stdout.strip().splitlines()[-1])
-        self.sink.write(
-            {"kind": "bench", "target": self.server.name, "t": time.monotonic() - self.t0, **rep}
-        )
-        return rep
-
-    def client_cpu(self) -> str:
-        """ws-bench for one server runs on the other server's core: neither server's client can
-        take its own server's core."""
-        return "1" if self.server.name == "rust-ws" else "0"
+            return
+        self.record(p.stdout)
 
     def run(self) -> None:
         a = self.a
@@ -208,9 +210,13 @@ class Soak(threading.Thread):
         sampler.start()
         deadline = self.t0 + a.minutes * 60
         hold_secs = max(1.0, deadline - time.monotonic())
-        holders_cmd = [a.bench, "--url", self.url, "--json", "--label", "holders"]
-        holders_cmd += ["hold", "-n", str(a.holders), "--exchange", "none"]
-        holders_cmd += ["--hold-secs", f"{hold_secs:.0f}", "--settle-secs", "1"]
+        holders_cmd = self.bench_cmd(
+            "holders",
+            [
+                *("hold", "-n", str(a.holders), "--exchange", "none"),
+                *("--hold-secs", f"{hold_secs:.0f}", "--settle-secs", "1"),
+            ],
+        )
         holders = subprocess.Popen(holders_cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
             self.phase = "churn"
@@ -232,11 +238,7 @@ class Soak(threading.Thread):
             if holders.returncode != 0:
                 self.error = f"holders exited {holders.returncode}: {err.decode()[-500:]}"
             elif out.strip():
-                rep = json.loads(out.decode().strip().splitlines()[-1])
-                self.sink.write(
-                    {"kind": "bench", "target": self.server.name, "t": time.monotonic() - self.t0}
-                    | rep
-                )
+                self.record(out.decode())
             self.phase = "after"
             time.sleep(a.settle_secs)
             self.sample("after")
@@ -481,9 +483,10 @@ def main() -> None:
     sink.write({"kind": "meta", "target": "", "date": stem[5:], **{k: getattr(a, k) for k in META}})
     servers: list[Server] = []
     try:
-        for i, name in enumerate(targets):
-            servers.append(Server(name, a, {}, cpu=str(i % 2)))
-        soaks = [Soak(s, a, sink) for s in servers]
+        cpus = [str(i % 2) for i in range(len(targets))]
+        for name, cpu in zip(targets, cpus, strict=True):
+            servers.append(Server(name, a, {}, cpu=cpu))
+        soaks = [Soak(s, cpu, a, sink) for s, cpu in zip(servers, cpus, strict=True)]
         for s in soaks:
             s.start()
         t0 = time.monotonic()

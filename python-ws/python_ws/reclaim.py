@@ -8,7 +8,8 @@ coming back"). So once a wave of disconnects is over (at least `MIN_ENDED` conne
 none for `QUIET_SECS`, or `MAX_WAIT_SECS` of steady churn), the hub runs a full `gc.collect()`
 (Tornado's handlers, streams and futures hold reference cycles, so some of a connection only goes
 at a full collection) and then glibc's `malloc_trim(0)`, which returns the free pages of every
-heap. Both are standard and cheap at that moment: a few milliseconds, once per wave.
+heap. Once per wave: after 10,000 connections the collection takes 1.0-1.8 s (380,000-490,000
+objects; work the next full collection under load would otherwise do) and the trim about 10 ms.
 
 On a libc without `malloc_trim` (musl, macOS) only the collection runs.
 
