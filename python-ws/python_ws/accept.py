@@ -10,10 +10,10 @@ at most 1 s, one warning per 10 s naming the limit, and service as usual for ope
 `Acceptor` is Tornado's accept loop with that added: on a resource error it stops watching the
 socket for `BACKOFF_SECS`, then tries again. What it accepts goes to the server's own
 `_handle_connection`, exactly where Tornado's handler sends it (tornado is pinned exactly in
-pyproject.toml for this and for tornado_close_codes.py).
+pyproject.toml for this and for the WebSocket workarounds that connection.py composes).
 
-Twin: Rocket's accept loop (rocket_http's `Incoming`), which sleeps 250 ms after such an error;
-rust-ws adds the rate-limited warning.
+Twin: rust-ws/src/accept.rs (Rocket's accept loop, rocket_http's `Incoming`, sleeps 250 ms after
+such an error; rust-ws adds the rate-limited warning there).
 """
 
 from __future__ import annotations

@@ -90,18 +90,6 @@ def test_invalid_names_variable_and_value(name: str, value: str) -> None:
     assert "\n" not in message
 
 
-def test_process_exits_2_with_one_stderr_line() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "python_ws"],
-        env={"WS_SEND_QUEUE": "lots", "WS_PORT": "1"},
-        capture_output=True,
-        text=True,
-        timeout=20,
-    )
-    assert proc.returncode == 2
-    assert proc.stderr == 'config error: WS_SEND_QUEUE="lots" is not an integer from 1 to 1048576\n'
-
-
 def test_busy_port_is_one_clear_line_and_exit_1() -> None:
     import socket
 
