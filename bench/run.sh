@@ -256,7 +256,9 @@ crate_version() { awk -v n="$1" '$0 == "name = \"" n "\"" { getline; gsub(/versi
     echo
   fi
   echo "Raw results: \`$(basename "${OUT%.md}")-$A.jsonl\`, \`$(basename "${OUT%.md}")-$B.jsonl\`."
-  echo "How to read these figures, and where rust-ws's memory goes: [bench/README.md](../README.md)."
+  # Relative to the report, wherever OUT puts it (--quick writes one folder deeper).
+  echo "How to read these figures, and where rust-ws's memory goes:" \
+    "[bench/README.md]($(realpath -m --relative-to="$(dirname "$OUT")" "$ROOT/bench/README.md"))."
 } >"$OUT"
 log "wrote the matrix to $OUT"
 
