@@ -1,4 +1,4 @@
-"""Pictures and the report section for issue 13's sweeps, from `bench/sweep.py`'s JSON lines.
+"""Pictures and the report section for the sweeps, from `bench/sweep.py`'s JSON lines.
 
     python bench/plot.py --data D-sweeps.jsonl --meta D-sweeps-meta.json --outdir DIR --prefix D
 
@@ -315,7 +315,7 @@ def main() -> None:
         slo_line(ax, 2.0, f"budget: ≤ 2{TIMES} idle")
         ax.set_ylabel("RSS 5 s after the last end ÷ idle before")
         finish(fig, [ax], d / img("paths"), "Memory coming back, by path", False)
-        md.append("### Memory coming back, by path (issue 15 §3)\n")
+        md.append("### Memory coming back, by path\n")
         md.append(f"![memory by path]({figs['paths']})\n")
         md.append(
             "Each path a fresh server: connections opened as a storm, each sent one message "
@@ -535,7 +535,7 @@ def main() -> None:
         md.append(table([r for s in servers for r in of(rows, "capacity", s)], cols) + "\n")
 
     md.insert(0, budgets(rows, servers, knees, caps, slo_e, slo_b))
-    md.insert(0, "## Sweeps (issue 13)\n")
+    md.insert(0, "## Sweeps\n")
     (d / f"{args.prefix}-sweeps.md").write_text("\n".join(md))
     print(f"wrote {d / (args.prefix + '-sweeps.md')} and {len(figs)} plots", file=sys.stderr)
 
@@ -583,7 +583,7 @@ def fanout_story(rows: list[dict], servers: list[str]) -> str:
 
 def budgets(rows, servers, knees, caps, slo_e, slo_b) -> str:
     out = [
-        "### Budgets (issue 13)\n",
+        "### Budgets of the sweeps\n",
         "| budget | rust-ws | python-ws | verdict |",
         "|---|---|---|---|",
     ]

@@ -1,5 +1,5 @@
-"""Churn soak (issue 15 §4): both servers under connect / broadcast / read / close cycles plus idle
-holders for a long run, their RSS and open file descriptors sampled every 10 s.
+"""Churn soak (bench/README.md, "Soak"): both servers under connect / broadcast / read / close
+cycles plus idle holders for a long run, their RSS and open file descriptors sampled every 10 s.
 
     .venv/bin/python bench/soak.py                 # 30 minutes, both servers at once
     .venv/bin/python bench/soak.py --minutes 2     # a short check of the same pipeline
@@ -370,7 +370,7 @@ def report(a: argparse.Namespace, rows: list[dict], targets: list[str], stem: st
     lines = [
         f"# Churn soak, {stem[5:]}",
         "",
-        f"Written by `bench/soak.py --minutes {a.minutes:g}` (issue 15 §4). Both servers soaked "
+        f"Written by `bench/soak.py --minutes {a.minutes:g}`. Both servers soaked "
         f"at the same time for {a.minutes:g} minutes, natively on loopback"
         + (
             ", rust-ws pinned to CPU 0 and python-ws to CPU 1, each server's ws-bench runs on "
