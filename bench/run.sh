@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The lab's benchmark: issue 8's matrix, then issue 13's sweeps (bench/sweep.py) with their plots
+# The lab's benchmark: the matrix, then the sweeps (bench/sweep.py) with their plots
 # (bench/plot.py), rust-ws and python-ws one after the other, on loopback, measured with ws-bench.
 # Writes bench/results/<UTC date>.md, its plots (<date>-*.png) and the raw JSON lines beside it.
 #
@@ -256,11 +256,13 @@ crate_version() { awk -v n="$1" '$0 == "name = \"" n "\"" { getline; gsub(/versi
     echo
   fi
   echo "Raw results: \`$(basename "${OUT%.md}")-$A.jsonl\`, \`$(basename "${OUT%.md}")-$B.jsonl\`."
-  echo "How to read these figures, and where rust-ws's memory goes: [bench/README.md](../README.md)."
+  # Relative to the report, wherever OUT puts it (--quick writes one folder deeper).
+  echo "How to read these figures, and where rust-ws's memory goes:" \
+    "[bench/README.md]($(realpath -m --relative-to="$(dirname "$OUT")" "$ROOT/bench/README.md"))."
 } >"$OUT"
 log "wrote the matrix to $OUT"
 
-# ---- issue 13's sweeps ---------------------------------------------------------------------------
+# ---- the sweeps ---------------------------------------------------------------------------------
 if [[ -n "$SWEEPS" ]]; then
   SWEEP_ARGS=(--out "$WORK/sweeps" --servers "$SERVERS" --sweeps "$SWEEPS" --bench "$BENCH"
     --rust-bin "$TARGET_DIR/release/rust-ws" --python "$PYTHON" --rust-port "$RUST_PORT"

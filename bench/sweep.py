@@ -11,7 +11,7 @@ The sweeps (`--quick` shrinks sizes and durations so the whole pipeline runs in 
 1. `conns`: hold 1k, 2.5k, 5k, 10k and the fd-limit tier, from helper processes over several
    loopback source addresses; a fresh server per tier.
    `paths`: one hold tier over each path (ok echo, error replies, broadcast; each ended by a
-   close handshake or a reset) for issue 15, rust-ws with two worker threads.
+   close handshake or a reset), rust-ws with two worker threads.
 2. `fanout`: one room of 10..10,000 members, paced to a fixed offered delivery rate.
 3. `msgsize`: closed-loop echo with 64 B .. 64 KiB requests.
 4. `knee-echo`, `knee-broadcast`: open-loop offered load in rising steps until the server
@@ -104,10 +104,10 @@ def plan(a: argparse.Namespace) -> list[Step]:
                 server_env=ping,
             )
         )
-    # Memory coming back over each path (issue 15 §3), at one tier. rust-ws runs two worker
-    # threads here, as it does on two unpinned cores (compose): pinned with one worker, no block is
-    # ever freed by a thread other than its owner, and that path (rust-ws/src/reclaim.rs) would go
-    # unmeasured. python-ws ignores ROCKET_WORKERS.
+    # Memory coming back over each path (bench/README.md, "Memory coming back, on every path"), at
+    # one tier. rust-ws runs two worker threads here, as it does on two unpinned cores (compose):
+    # pinned with one worker, no block is ever freed by a thread other than its owner, and that path
+    # (rust-ws/src/reclaim.rs) would go unmeasured. python-ws ignores ROCKET_WORKERS.
     pn = 200 if q else a.paths_n
     for ex, end in [
         (ex, end) for end in ("close", "reset") for ex in ("echo", "error", "broadcast")

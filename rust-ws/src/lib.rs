@@ -4,22 +4,8 @@
 //!
 //! This file builds the server and holds the state it manages: [`rocket`] is the one construction
 //! path, used by the binary (main.rs) and by the tests alike, and [`Server`] is what every route
-//! and connection shares. Each other concern has its own module:
-//!
-//! | module | job |
-//! |---|---|
-//! | `config` | `WS_*`/`LOG_LEVEL` parsing and ranges (exit 2 lives in main.rs) |
-//! | `routes` | `/ws` upgrade checks (400: room, HTTP/1.0, key, body; 503: capacity), `/metrics`, `/healthz` |
-//! | `connection` | one session: read loop, writer, keepalive, `Ending` |
-//! | `hub` | rooms, membership, fan-out, outboxes, eviction, shutdown kill |
-//! | `protocol` | parse, validate, serialise, error details |
-//! | `metrics` | the metric families and their rendering |
-//! | `healthcheck` | the `--healthcheck` client |
-//! | `log` | the log level and macros; Rocket's accept errors as one warning per 10 s |
-//! | `listen_backlog` | workaround: Rocket/mio listen with 128, PROTOCOL.md asks 1024 |
-//! | `codeless_close` | workaround: tungstenite's close echo (code-less → 1000, refused codes counted, 1014 echoed) |
-//! | `sent_counter` | `ws_messages_sent_total`, counted as frames reach the socket |
-//! | `write_batch` | coalesced writes: a batch of frames per socket write, one pending pong at most |
+//! and connection shares. Each other concern has its own module; the repository's README.md,
+//! "The two servers", maps every module to its python-ws twin.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};

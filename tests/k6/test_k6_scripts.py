@@ -22,6 +22,7 @@ from datetime import datetime
 import pytest
 from harness import free_port, http_get, running_prometheus, running_server
 from k6run import run_k6, server_env
+from wire import parse_metrics
 
 SCENARIOS = ("sessions", "chat", "echo", "hold")
 SCRIPT_SERVERS = {
@@ -50,11 +51,24 @@ def smoke_env(servers):
     return {"SMOKE": "1", **server_env(servers["rust"], servers["python"])}
 
 
+def samples(server, name: str) -> list[tuple[dict[str, str], float]]:
+    """(labels, value) of every sample called name on the server's /metrics, parsed by the
+    suite's own Prometheus text parser (tests/wire.py)."""
+    found = [
+        (labels, value)
+        for family in parse_metrics(server.metrics_text()).values()
+        for sample_name, labels, value in family.samples
+        if sample_name == name
+    ]
+    assert found, f"{server.name} /metrics has no {name}"
+    return found
+
+
 def counter(server, name: str) -> float:
     """A label-less sample from the server's /metrics."""
-    match = re.search(rf"^{name} (\S+)$", server.metrics_text(), re.MULTILINE)
-    assert match, f"{server.name} /metrics has no {name}"
-    return float(match.group(1))
+    [(labels, value)] = samples(server, name)
+    assert labels == {}, (server.name, name, labels)
+    return value
 
 
 def wait_connections_zero(server, timeout: float = 10.0) -> float:
@@ -79,12 +93,9 @@ def server_counts(servers) -> dict[str, dict[str, float]]:
     """Each server's connections accepted and abnormal ends so far (PROTOCOL.md section 4)."""
     counts = {}
     for kind, server in servers.items():
-        text = server.metrics_text()
-        abnormal = re.findall(r"^ws_closed_conns_errors_total\{[^}]*\} (\S+)$", text, re.MULTILINE)
-        assert abnormal, f"{server.name} /metrics has no ws_closed_conns_errors_total"
         counts[kind] = {
             "accepted": counter(server, "all_ws_connections_total"),
-            "abnormal": sum(float(v) for v in abnormal),
+            "abnormal": sum(v for _, v in samples(server, "ws_closed_conns_errors_total")),
         }
     return counts
 
@@ -300,12 +311,10 @@ def test_sessions_on_k6_ws_never_lose_a_welcome(servers, smoke_env):
         welcomes = result.count(f"wslab_messages_received{{server:{kind},type:welcome}}")
         assert welcomes == accepted > 0, (kind, welcomes, accepted, result.report())
         assert result.count(f"wslab_errors{{server:{kind},code:k6_dropped_welcome}}") == 0
-        reasons = re.findall(
-            r'^ws_closed_conns_errors_total\{reason="(\w+)"\} (\S+)$',
-            server.metrics_text(),
-            re.MULTILINE,
-        )
-        moved = {r for r, v in reasons if float(v) > 0}
+        reasons = {
+            labels["reason"]: v for labels, v in samples(server, "ws_closed_conns_errors_total")
+        }
+        moved = {r for r, v in reasons.items() if v > 0}
         assert moved <= {"send_failed"}, (kind, reasons)
 
 

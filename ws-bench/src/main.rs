@@ -183,7 +183,7 @@ enum Mode {
         #[arg(short = 'd', long, default_value_t = 10.0)]
         duration_secs: f64,
     },
-    /// Two JSON-lines result files side by side, with ratios and issue 8's budgets.
+    /// Two JSON-lines result files side by side, with ratios and the budgets rust-ws is held to.
     Compare {
         a: std::path::PathBuf,
         b: std::path::PathBuf,

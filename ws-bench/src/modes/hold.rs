@@ -4,8 +4,9 @@
 //! connections (keepalive pings) cost.
 //!
 //! How a connection is used and how it ends are chosen (`--exchange`, `--end`), because memory
-//! coming back depends on the path (issue 15 §3): an ok echo, an error reply, a broadcast in a
-//! room of its own, or nothing; a close handshake or an abrupt reset (RST).
+//! coming back depends on the path (bench/README.md, "Memory coming back, on every path"): an ok
+//! echo, an error reply, a broadcast in a room of its own, or nothing; a close handshake or an
+//! abrupt reset (RST).
 //!
 //! With `--procs P` the connections are opened by P helper processes (`agent.rs`), each under its
 //! own open-files limit, so one run can hold more sockets than one process may; this file then
