@@ -2,95 +2,42 @@
 //!
 //! Twin: python-ws/python_ws/app.py (`make_app(config)`).
 //!
-//! This file builds the server and holds the state it manages: [`rocket`] is the one construction
-//! path, used by the binary (main.rs) and by the tests alike, and [`Server`] is what every route
-//! and connection shares. Each other concern has its own module; the repository's README.md,
-//! "The two servers", maps every module to its python-ws twin.
+//! This file builds the server: [`rocket`] is the one construction path, used by the binary
+//! (main.rs) and by the tests alike. Each concern has its own module, and no module uses this
+//! file's items (only its re-exports), so dependencies go one way (tests/module_graph.rs). The
+//! repository's README.md, "The two servers", maps every module to its python-ws twin.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use rocket::fairing::AdHoc;
 use rocket::figment::Figment;
 use rocket::{Build, Rocket};
 
+pub mod accept;
 pub mod codeless_close;
 pub mod config;
 pub mod connection;
+pub mod frame_walk;
 pub mod healthcheck;
 pub mod hub;
+pub mod io_layer;
+pub mod le_labels;
 pub mod listen_backlog;
 pub mod log;
 pub mod metrics;
+#[cfg(target_os = "linux")]
+pub mod process_cpu;
 pub mod protocol;
 pub mod reclaim;
 pub mod routes;
 pub mod sent_counter;
+pub mod server;
 pub mod write_batch;
 
 pub use config::{Config, LogLevel};
 pub use metrics::Metrics;
-
-use hub::Hub;
-
-/// State shared by every route and connection of one server instance.
-pub struct Server {
-    pub config: Config,
-    pub metrics: Arc<Metrics>,
-    pub hub: Hub,
-    /// Connections open or being upgraded; what WS_MAX_CONNECTIONS limits.
-    open: AtomicUsize,
-}
-
-impl Server {
-    pub fn new(config: Config, metrics: Arc<Metrics>) -> Server {
-        Server {
-            hub: Hub::new(config.send_queue),
-            config,
-            metrics,
-            open: AtomicUsize::new(0),
-        }
-    }
-
-    /// Reserves a connection slot, or `None` at WS_MAX_CONNECTIONS. The check and the increment
-    /// are one atomic step, so concurrent upgrades cannot overshoot the limit.
-    pub(crate) fn reserve(self: &Arc<Self>) -> Option<Slot> {
-        let max = self.config.max_connections;
-        self.open
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (max == 0 || n < max).then_some(n + 1)
-            })
-            .ok()?;
-        Some(Slot(self.clone()))
-    }
-
-    pub fn open_connections(&self) -> usize {
-        self.open.load(Ordering::Acquire)
-    }
-
-    /// Waits (bounded) until every connection task has finished its closing handshake.
-    pub async fn wait_idle(&self, within: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + within;
-        while self.open_connections() > 0 {
-            if tokio::time::Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        true
-    }
-}
-
-/// One reserved connection slot; released on drop, including when an upgrade never completes.
-pub struct Slot(Arc<Server>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::AcqRel);
-    }
-}
+pub use server::Server;
 
 /// Rocket's configuration: ROCKET_* from the environment, then our WS_* values on top.
 pub fn figment(config: &Config) -> Figment {
@@ -125,7 +72,7 @@ pub fn figment(config: &Config) -> Figment {
 /// Builds the server: routes, state (`Arc<Metrics>`, `Arc<Server>`) and fairings.
 pub fn rocket(config: Config) -> Rocket<Build> {
     // Before Rocket's own logger can take the slot (at ignite).
-    log::install_log_bridge();
+    accept::install();
     log::set_level(config.log_level);
     let metrics = Arc::new(Metrics::new());
     let server = Arc::new(Server::new(config.clone(), metrics.clone()));
