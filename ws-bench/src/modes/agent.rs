@@ -14,11 +14,52 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 use super::hold::{spawn_holders, AgentDone, AgentOpened, End, Exchange, Held, Shape};
 use super::runner::Fleet;
-use super::Ctx;
-use crate::report::SharedHist;
+use super::{Ctx, Load};
+use crate::report::{Report, SharedHist};
 use crate::sys;
+use crate::{Common, Failure};
 
-pub async fn agent(
+/// `hold-agent`'s command line, as `hold.rs` writes it.
+#[derive(clap::Args, Debug)]
+pub struct AgentArgs {
+    #[arg(short = 'n', long)]
+    pub connections: u64,
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    #[arg(long, value_enum)]
+    pub exchange: Exchange,
+    #[arg(long, value_enum)]
+    pub end: End,
+    #[arg(long, default_value_t = 0)]
+    pub index: u64,
+}
+
+impl Load for AgentArgs {
+    type Opts = AgentArgs;
+
+    fn sockets(&self) -> u64 {
+        self.connections
+    }
+
+    fn opts(self, _: &Common, _: usize) -> Result<AgentArgs, String> {
+        Ok(self)
+    }
+
+    async fn run(ctx: Ctx, a: AgentArgs) -> Result<Option<Report>, Failure> {
+        agent(
+            ctx,
+            a.connections,
+            a.rate.max(0.0),
+            a.exchange,
+            a.end,
+            a.index,
+        )
+        .await?;
+        Ok(None)
+    }
+}
+
+async fn agent(
     ctx: Ctx,
     n: u64,
     rate: f64,

@@ -1,6 +1,8 @@
 //! The four load shapes, one module each (and `agent`, a hold's helper process), and the context every one of them is handed.
 //!
-//! `main` builds a [`Ctx`] from the command line and calls one mode; the mode returns a finished
+//! Each mode owns its command line: a clap `Args` struct beside its code, which implements
+//! [`Load`] (its options checked and converted, and the run). `main` only dispatches: it builds a
+//! [`Ctx`] from the options every mode shares and calls one mode, which returns a finished
 //! [`Report`]. What the modes share lives beside them: [`runner`] spawns the connection tasks,
 //! collects their first connects and tells them when to go and stop; [`meter`] measures the
 //! window (CPU and RSS of both sides) and writes the notes every row carries.
@@ -30,12 +32,30 @@ use crate::probe::Probe;
 use crate::report::{Report, SharedHist};
 use crate::sys;
 use crate::target::Target;
+use crate::{Common, Failure};
 
-pub use agent::agent;
-pub use broadcast::{broadcast, BroadcastOpts};
-pub use echo::{echo, EchoOpts};
-pub use hold::{hold, End, Exchange, HoldOpts};
-pub use sessions::{sessions, SessionOpts};
+pub use agent::AgentArgs;
+pub use broadcast::BroadcastArgs;
+pub use echo::EchoArgs;
+pub use hold::HoldArgs;
+pub use sessions::SessionArgs;
+
+/// A load mode's command line and its run.
+pub trait Load {
+    /// The mode's options, checked and in their units.
+    type Opts;
+    /// Connections one process of this mode holds at once (checked against RLIMIT_NOFILE).
+    fn sockets(&self) -> u64;
+    /// Client read buffer per connection when `--read-buffer` is not given.
+    fn read_buffer(&self) -> usize {
+        4096
+    }
+    /// Checks and converts the options, before anything connects. `read_buffer` is the one the
+    /// run uses (hold passes it on to its helper processes).
+    fn opts(self, common: &Common, read_buffer: usize) -> Result<Self::Opts, String>;
+    /// The run; `None` when the mode printed its own output (a hold's helper process).
+    async fn run(ctx: Ctx, o: Self::Opts) -> Result<Option<Report>, Failure>;
+}
 
 /// What every mode needs.
 #[derive(Clone)]
