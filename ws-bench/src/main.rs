@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::modes::{Ctx, Load};
+use crate::modes::{Ctx, Load, Tally};
 use crate::probe::Probe;
 use crate::target::Target;
 
@@ -252,7 +252,10 @@ fn load<L: Load>(c: &Common, mode: L) -> Result<(), Failure> {
         label: c.label.clone(),
         sources: Arc::new(sources),
         next_source: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        tally: Arc::new(Tally::default()),
     };
+    let tally = ctx.tally.clone();
+    let url = ctx.target.ws_uri(None);
     // One thread: the current-thread scheduler, which skips work-stealing's atomics.
     let rt = if threads == 1 {
         tokio::runtime::Builder::new_current_thread()
@@ -265,12 +268,27 @@ fn load<L: Load>(c: &Common, mode: L) -> Result<(), Failure> {
             .build()
     }
     .map_err(|e| format!("tokio runtime: {e}"))?;
-    let report = rt.block_on(L::run(ctx, opts));
+    // A run in which no handshake succeeds is given up as soon as that is clear, not at the end
+    // of its duration.
+    let report = rt.block_on(async {
+        if !L::WATCHED {
+            return L::run(ctx, opts).await;
+        }
+        tokio::select! {
+            r = L::run(ctx, opts) => r,
+            why = tally.given_up(&url) => Err(Failure::unmeasured(why)),
+        }
+    });
     // Don't wait for stragglers (aborted tasks, a metrics scrape): the report is complete.
     rt.shutdown_timeout(Duration::from_secs(1));
     let Some(report) = report? else {
         return Ok(()); // a helper process: it printed its own lines
     };
+    // A short run may end before the give-up rule fires: with nothing connected it still
+    // measured nothing.
+    if let Some(why) = tally.nothing_worked(&url).filter(|_| L::WATCHED) {
+        return Err(Failure::unmeasured(why));
+    }
     if c.json {
         println!(
             "{}",

@@ -36,6 +36,7 @@ pub struct AgentArgs {
 
 impl Load for AgentArgs {
     type Opts = AgentArgs;
+    const WATCHED: bool = false;
 
     fn sockets(&self) -> u64 {
         self.connections
@@ -85,6 +86,7 @@ async fn agent(
         failures: c.failures,
         server: c.server,
         hist: hist.pairs(),
+        first_failure: ctx.tally.first_reason(),
     };
     println!(
         "{}",

@@ -282,6 +282,9 @@ pub(super) struct AgentOpened {
     pub server: Option<String>,
     /// Handshake+welcome times, microseconds: (value, count) pairs of its histogram.
     pub hist: Vec<(u64, u64)>,
+    /// Why its first failed handshake failed, if one did.
+    #[serde(default)]
+    pub first_failure: Option<String>,
 }
 
 /// What a helper process reports once its connections are ended (one JSON line).
@@ -516,6 +519,12 @@ async fn start_agents(
         merge(&mut opened.failures, &rep.failures);
         opened.server = opened.server.or(rep.server);
         hist.add_pairs(&rep.hist);
+        // The conductor's tally: a run where no helper opened anything is given up.
+        ctx.tally.add(
+            rep.opened,
+            rep.attempts.saturating_sub(rep.opened),
+            rep.first_failure,
+        );
     }
     Ok((Holders::Agents(agents), opened))
 }

@@ -18,6 +18,7 @@ mod hold;
 mod meter;
 mod runner;
 mod sessions;
+mod tally;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -39,6 +40,7 @@ pub use broadcast::BroadcastArgs;
 pub use echo::EchoArgs;
 pub use hold::HoldArgs;
 pub use sessions::SessionArgs;
+pub use tally::{Open, Tally};
 
 /// A load mode's command line and its run.
 pub trait Load {
@@ -53,6 +55,9 @@ pub trait Load {
     /// Checks and converts the options, before anything connects. `read_buffer` is the one the
     /// run uses (hold passes it on to its helper processes).
     fn opts(self, common: &Common, read_buffer: usize) -> Result<Self::Opts, String>;
+    /// Whether the run is given up when no handshake succeeds (not in a hold's helper
+    /// process: its conductor judges all the helpers' handshakes together).
+    const WATCHED: bool = true;
     /// The run; `None` when the mode printed its own output (a hold's helper process).
     async fn run(ctx: Ctx, o: Self::Opts) -> Result<Option<Report>, Failure>;
 }
@@ -73,6 +78,8 @@ pub struct Ctx {
     pub sources: Arc<Vec<IpAddr>>,
     /// Round-robin cursor over `sources`, shared by every task.
     pub next_source: Arc<AtomicUsize>,
+    /// Every handshake's outcome, live (for giving up a run where nothing works, and progress).
+    pub tally: Arc<Tally>,
 }
 
 impl Ctx {
@@ -88,9 +95,17 @@ impl Ctx {
             0 => None,
             n => Some(self.sources[self.next_source.fetch_add(1, Ordering::Relaxed) % n]),
         };
-        let c = client::connect(&self.target, room, self.cfg, self.connect_timeout, source).await?;
-        hist.recorder().record(t.elapsed().as_micros() as u64);
-        Ok(c)
+        match client::connect(&self.target, room, self.cfg, self.connect_timeout, source).await {
+            Ok(mut c) => {
+                hist.recorder().record(t.elapsed().as_micros() as u64);
+                c.open = Some(self.tally.succeeded());
+                Ok(c)
+            }
+            Err(f) => {
+                self.tally.failed(&f);
+                Err(f)
+            }
+        }
     }
 
     /// A report with what is known before the run: who ran what, where, on how many threads.
