@@ -26,10 +26,12 @@ mod client;
 mod compare;
 mod modes;
 mod probe;
+mod progress;
 mod report;
 mod sys;
 mod target;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -215,6 +217,12 @@ fn load<L: Load>(c: &Common, mode: L) -> Result<(), Failure> {
             );
         }
     }
+    // The process measured must be the one serving the target's port.
+    let (pid, pid_note) = if L::MEASURES {
+        probe::server_pid(c.pid, target.addr)?
+    } else {
+        (None, None)
+    };
     if !(1..=4096).contains(&c.text_len) {
         return Err("--text-len must be 1-4096 (the protocol's text limit)".into());
     }
@@ -238,12 +246,9 @@ fn load<L: Load>(c: &Common, mode: L) -> Result<(), Failure> {
         .map(|k| std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2 + k)))
         .collect();
     let threads = c.threads.unwrap_or_else(sys::usable_cores).max(1);
-    let ctx = Ctx {
+    let mut ctx = Ctx {
         target,
-        probe: Probe {
-            pid: c.pid,
-            metrics,
-        },
+        probe: Probe { pid, metrics },
         cfg: client::ws_config(read_buffer.max(256)),
         connect_timeout: secs(c.connect_timeout, "--connect-timeout")?,
         connect_sem: Arc::new(tokio::sync::Semaphore::new(c.connect_concurrency)),
@@ -252,6 +257,8 @@ fn load<L: Load>(c: &Common, mode: L) -> Result<(), Failure> {
         label: c.label.clone(),
         sources: Arc::new(sources),
         next_source: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        build: None,
+        notes: pid_note.into_iter().collect(),
         tally: Arc::new(Tally::default()),
     };
     let tally = ctx.tally.clone();
@@ -271,13 +278,31 @@ fn load<L: Load>(c: &Common, mode: L) -> Result<(), Failure> {
     // A run in which no handshake succeeds is given up as soon as that is clear, not at the end
     // of its duration.
     let report = rt.block_on(async {
-        if !L::WATCHED {
+        if !L::MEASURES {
             return L::run(ctx, opts).await;
         }
-        tokio::select! {
+        // A debug build is easy to benchmark by mistake: say so now, and in the row.
+        ctx.build = ctx.probe.build_info(&ctx.target).await;
+        if let Some(b) = ctx.build.as_ref().filter(|b| b.profile == "debug") {
+            eprintln!(
+                "ws-bench: warning: {} at {} is a debug build (ws_build_info profile=\"debug\"): its figures are not the release server's",
+                b.server, ctx.target.addr
+            );
+        }
+        // Progress on a terminal only: scripts reading stderr get nothing new.
+        let progress = std::io::stderr()
+            .is_terminal()
+            .then(|| tokio::spawn(progress::show(tally.clone())));
+        let r = tokio::select! {
             r = L::run(ctx, opts) => r,
             why = tally.given_up(&url) => Err(Failure::unmeasured(why)),
+        };
+        if let Some(p) = progress {
+            p.abort();
+            let _ = p.await;
+            progress::clear();
         }
+        r
     });
     // Don't wait for stragglers (aborted tasks, a metrics scrape): the report is complete.
     rt.shutdown_timeout(Duration::from_secs(1));
@@ -286,7 +311,7 @@ fn load<L: Load>(c: &Common, mode: L) -> Result<(), Failure> {
     };
     // A short run may end before the give-up rule fires: with nothing connected it still
     // measured nothing.
-    if let Some(why) = tally.nothing_worked(&url).filter(|_| L::WATCHED) {
+    if let Some(why) = tally.nothing_worked(&url).filter(|_| L::MEASURES) {
         return Err(Failure::unmeasured(why));
     }
     if c.json {

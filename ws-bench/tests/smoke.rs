@@ -230,8 +230,13 @@ fn every_mode_against_real_rust_ws() {
         lines[2].matches(" | ").count(),
         "{out}"
     );
+    // No --pid: the one process listening on the port is found and measured.
     assert!(
-        lines[2].contains("server RSS and CPU not measured"),
+        lines[2].contains(&format!(
+            "server pid {} (rust-ws) found listening on port {}",
+            s.child.id(),
+            s.port
+        )),
         "{out}"
     );
 
@@ -530,6 +535,86 @@ fn some_failed_handshakes_are_a_measurement() {
         v["notes"].to_string().contains("3 of 8 handshakes failed"),
         "{v}"
     );
+}
+
+#[test]
+fn the_pid_measured_is_the_one_serving_the_port() {
+    let s = start_rust_ws();
+    let url = format!("ws://127.0.0.1:{}/ws", s.port);
+    let args = |pid: Option<&str>| {
+        let mut a = vec!["--url", url.as_str(), "--json"];
+        if let Some(p) = pid {
+            a.extend(["--pid", p]);
+        }
+        a.extend(["echo", "-c", "2", "-d", "0.3"]);
+        a.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let run = |a: Vec<String>| bench(&a.iter().map(String::as_str).collect::<Vec<_>>());
+
+    // Without --pid: found from the port, named in the report, and measured.
+    let (code, out, err) = run(args(None));
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["server_pid"], s.child.id(), "{v}");
+    assert!(v["server_cpu_user_pct"].is_number(), "{v}");
+    assert!(
+        v["notes"].to_string().contains(&format!(
+            "server pid {} (rust-ws) found listening on port {}",
+            s.child.id(),
+            s.port
+        )),
+        "{v}"
+    );
+
+    // A --pid that is not the server (another rust-ws, as `pgrep -n` may pick; or this test):
+    // one line naming both, status 2, before any load.
+    let other = start_rust_ws();
+    for wrong in [other.child.id(), std::process::id()] {
+        let (code, out, err) = run(args(Some(&wrong.to_string())));
+        assert_eq!(code, 2, "{out}{err}");
+        let line = err.trim_end();
+        assert!(!line.contains('\n'), "one line: {err}");
+        assert!(
+            line.starts_with(&format!("ws-bench: --pid {wrong} ("))
+                && line.contains(&format!(
+                    "does not own the socket listening on 127.0.0.1:{} (held by {} (rust-ws))",
+                    s.port,
+                    s.child.id()
+                )),
+            "{err}"
+        );
+    }
+    // The right one passes, and is the one in the report.
+    let (code, out, err) = run(args(Some(&s.child.id().to_string())));
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["server_pid"], s.child.id(), "{v}");
+}
+
+/// rust-ws built without --release says so in `ws_build_info{profile="debug"}`, and ws-bench
+/// flags it in the row and on stderr. (Needs the gauge in rust-ws's /metrics.)
+#[test]
+fn a_debug_server_is_flagged() {
+    let s = start_rust_ws();
+    let url = format!("ws://127.0.0.1:{}/ws", s.port);
+    let (code, out, err) = bench(&["--url", &url, "--json", "echo", "-c", "2", "-d", "0.3"]);
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["server_profile"], "debug", "{v}");
+    assert!(
+        v["notes"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("DEBUG BUILD of rust-ws"),
+        "{v}"
+    );
+    assert!(
+        err.contains("warning: rust-ws at 127.0.0.1:") && err.contains("is a debug build"),
+        "{err}"
+    );
+    let (code, out, err) = bench(&["--url", &url, "--no-header", "echo", "-c", "2", "-d", "0.3"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("| rust-ws ⚠ DEBUG BUILD | echo |"), "{out}");
 }
 
 #[test]

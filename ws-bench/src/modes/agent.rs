@@ -36,7 +36,7 @@ pub struct AgentArgs {
 
 impl Load for AgentArgs {
     type Opts = AgentArgs;
-    const WATCHED: bool = false;
+    const MEASURES: bool = false;
 
     fn sockets(&self) -> u64 {
         self.connections
@@ -97,11 +97,11 @@ async fn agent(
     let _ = tokio::time::timeout(Duration::from_secs(86_400), stdin.next_line()).await;
     fleet.stop();
     let joined = fleet.join(Duration::from_secs(60)).await;
-    let cpu = sys::proc_cpu(None).unwrap_or_default();
+    let cpu_s = sys::self_cpu_seconds();
     let done = AgentDone {
         dropped: joined.outs.iter().filter(|h| **h == Held::Dropped).count() as u64,
         all_finished: joined.all_finished,
-        cpu_s: cpu.user + cpu.sys,
+        cpu_s,
         peak_rss: sys::self_peak_rss(),
     };
     println!(

@@ -251,6 +251,7 @@ async fn broadcast(ctx: Ctx, o: BroadcastOpts) -> Report {
     }
     // The first connects are set-up, not part of the measured window; they also tell each room's
     // size, which is what every send is owed.
+    ctx.tally.phase("connecting", None);
     let connects = fleet.connects().await;
     connects.count_into(&mut r);
     let mut members = vec![0u64; rooms];
@@ -262,11 +263,13 @@ async fn broadcast(ctx: Ctx, o: BroadcastOpts) -> Report {
     let fanout0 = ctx.probe.histogram("ws_broadcast_duration_seconds").await;
     let meter = Meter::start(&ctx.probe).await;
     let end = Instant::now() + o.duration;
+    ctx.tally.phase("broadcasting", Some(o.duration));
     fleet.go(end);
     // A little past the end, so sends that began just before it have been counted.
     sleep_until((end + Duration::from_millis(50)).into()).await;
     // Drain: until every delivery owed for what was sent has arrived, or --drain-secs is up.
     let drain_end = end + o.drain;
+    ctx.tally.phase("draining (at most)", Some(o.drain));
     let owed = |members: &[u64]| -> u64 {
         sent_per_room
             .iter()

@@ -233,7 +233,9 @@ async fn echo(ctx: Ctx, o: EchoOpts) -> Report {
     }
     // The first connects are set-up, not part of the measured window: only reconnects count as
     // connections opened.
+    ctx.tally.phase("connecting", None);
     fleet.connects().await.count_into(&mut r);
+    ctx.tally.phase("echoing", Some(o.duration));
     let meter = Meter::start(&ctx.probe).await;
     fleet.go(Instant::now() + o.duration);
     let joined = fleet.join(o.duration + Duration::from_secs(30)).await;
@@ -378,7 +380,10 @@ async fn open_loop(ctx: Ctx, o: EchoOpts) -> Report {
             out
         });
     }
+    ctx.tally.phase("connecting", None);
     fleet.connects().await.count_into(&mut r);
+    ctx.tally
+        .phase("echoing (open loop, then drain)", Some(o.duration));
     let meter = Meter::start(&ctx.probe).await;
     fleet.go(Instant::now() + o.duration);
     let joined = fleet

@@ -324,6 +324,8 @@ async fn hold(ctx: Ctx, o: HoldOpts) -> Report {
     let meter = Meter::start(&ctx.probe).await;
     let hist = SharedHist::default();
     let t0 = Instant::now();
+    let paced = (o.rate > 0.0).then(|| Duration::from_secs_f64(o.connections as f64 / o.rate));
+    ctx.tally.phase("connecting", paced);
     let (holders, opened) = if o.procs > 1 {
         match start_agents(&ctx, &o, &hist).await {
             Ok(x) => x,
@@ -363,6 +365,7 @@ async fn hold(ctx: Ctx, o: HoldOpts) -> Report {
     r.conns_opened = open;
     r.conn_per_s = Some(open as f64 / open_time.as_secs_f64().max(1e-9));
     // The held window: the server's CPU here is what idle connections cost it (keepalive pings).
+    ctx.tally.phase("holding", Some(o.hold));
     let cpu0 = ctx.probe.cpu().await;
     let held_from = Instant::now();
     sleep(o.hold).await;
@@ -372,6 +375,7 @@ async fn hold(ctx: Ctx, o: HoldOpts) -> Report {
     };
     let rss_at_n = ctx.probe.rss().await;
     let server_connections_at_n = ctx.probe.metric("ws_connections").await;
+    ctx.tally.phase("closing", None);
     let closing = Instant::now();
     let (dropped, all_finished, agents_cpu) = match holders {
         Holders::Here(fleet) => {
@@ -407,6 +411,8 @@ async fn hold(ctx: Ctx, o: HoldOpts) -> Report {
         let usable = sys::usable_cores().max(1) as f64;
         r.client_saturated = r.client_cpu_pct >= 90.0 * usable;
     }
+    // Idle RSS after: the server is given --settle-secs to give memory back.
+    ctx.tally.phase("settling", Some(o.settle));
     sleep(o.settle).await;
     let rss_idle_after = ctx.probe.rss().await;
     let server_connections_after = ctx.probe.metric("ws_connections").await;

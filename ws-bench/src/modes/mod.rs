@@ -29,7 +29,7 @@ use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::client::{self, Conn, Fail};
-use crate::probe::Probe;
+use crate::probe::{BuildInfo, Probe};
 use crate::report::{Report, SharedHist};
 use crate::sys;
 use crate::target::Target;
@@ -55,9 +55,10 @@ pub trait Load {
     /// Checks and converts the options, before anything connects. `read_buffer` is the one the
     /// run uses (hold passes it on to its helper processes).
     fn opts(self, common: &Common, read_buffer: usize) -> Result<Self::Opts, String>;
-    /// Whether the run is given up when no handshake succeeds (not in a hold's helper
-    /// process: its conductor judges all the helpers' handshakes together).
-    const WATCHED: bool = true;
+    /// Whether this process measures the run: finds and checks the server's pid, reads its
+    /// build, shows progress and gives the run up when no handshake succeeds. Not a hold's helper
+    /// process: its conductor does all that, and judges all the helpers' handshakes together.
+    const MEASURES: bool = true;
     /// The run; `None` when the mode printed its own output (a hold's helper process).
     async fn run(ctx: Ctx, o: Self::Opts) -> Result<Option<Report>, Failure>;
 }
@@ -78,6 +79,10 @@ pub struct Ctx {
     pub sources: Arc<Vec<IpAddr>>,
     /// Round-robin cursor over `sources`, shared by every task.
     pub next_source: Arc<AtomicUsize>,
+    /// The server's build, as its `ws_build_info` said before the run.
+    pub build: Option<BuildInfo>,
+    /// Notes known before the run (how the server's pid was found), first in every report.
+    pub notes: Vec<String>,
     /// Every handshake's outcome, live (for giving up a run where nothing works, and progress).
     pub tally: Arc<Tally>,
 }
@@ -112,6 +117,9 @@ impl Ctx {
     fn report(&self, mode: &str) -> Report {
         Report {
             label: self.label.clone(),
+            server_pid: self.probe.pid,
+            server_profile: self.build.as_ref().map(|b| b.profile.clone()),
+            notes: self.notes.clone(),
             mode: mode.into(),
             url: self.target.ws_uri(None),
             client_threads: self.threads as u64,

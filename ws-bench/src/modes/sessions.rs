@@ -69,6 +69,7 @@ async fn sessions(ctx: Ctx, o: SessionOpts) -> Report {
     let conn_hist = SharedHist::default();
     let meter = Meter::start(&ctx.probe).await;
     let end = Instant::now() + o.duration;
+    ctx.tally.phase("sessions", Some(o.duration));
     let mut fleet = Fleet::new();
     for w in 0..o.workers {
         let (ctx, lat, conn_hist) = (ctx.clone(), lat.clone(), conn_hist.clone());

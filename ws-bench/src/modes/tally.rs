@@ -26,6 +26,8 @@ pub struct Tally {
     failed: AtomicU64,
     /// Connections open now (each successful connect holds an [`Open`] while it lives).
     open: Arc<AtomicI64>,
+    /// What the run is doing now, since when, and for how long it expects to (progress line).
+    phase: Mutex<Option<(&'static str, Instant, Option<Duration>)>>,
     /// When the first handshake failed, and why (as [`reason`] says it).
     first_failure: Mutex<Option<(Instant, String)>>,
 }
@@ -63,6 +65,26 @@ impl Tally {
         if slot.is_none() {
             *slot = first.map(|f| (Instant::now(), f));
         }
+    }
+
+    /// The run enters a phase (`"connecting"`, `"holding"`...), expected to last `expect` if known.
+    pub fn phase(&self, name: &'static str, expect: Option<Duration>) {
+        *self.phase.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((name, Instant::now(), expect));
+    }
+
+    /// The phase now: its name, time in it, and its expected length.
+    pub fn current_phase(&self) -> Option<(&'static str, Duration, Option<Duration>)> {
+        let phase = self.phase.lock().unwrap_or_else(|p| p.into_inner());
+        phase.map(|(name, from, expect)| (name, from.elapsed(), expect))
+    }
+
+    pub fn open_now(&self) -> u64 {
+        self.open.load(Ordering::Relaxed).max(0) as u64
+    }
+
+    pub fn failed_so_far(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
     }
 
     /// Why the first failed handshake failed.
