@@ -7,7 +7,7 @@
 //! Run it against a server on loopback (other addresses are refused):
 //!
 //! ```text
-//! cargo run --release -p ws-bench -- --url ws://127.0.0.1:8000/ws --pid $(pgrep -n rust-ws) hold -n 10000
+//! cargo run --release -p ws-bench -- --url ws://127.0.0.1:8000/ws hold -n 10000
 //! cargo run --release -p ws-bench -- echo -c 1000 -d 10                        # closed loop
 //! cargo run --release -p ws-bench -- echo -c 1000 -d 10 --requests-per-conn 5  # then reconnect
 //! cargo run --release -p ws-bench -- broadcast -c 1000 --rooms 10 -d 10        # --rate 0 = closed loop
@@ -19,8 +19,12 @@
 //! ```
 //!
 //! Each run prints one markdown table row (with its header unless `--no-header`), or one JSON
-//! object with `--json`. Server RSS and CPU come from `/proc/PID` with `--pid`, else from the
-//! server's `/metrics` with `--metrics-url`. `bench/run.sh` runs the whole matrix.
+//! object with `--json`. Server RSS and CPU come from `/proc/PID` of the process listening on the
+//! target's port (found, or `--pid`, which must be that process), else from the server's
+//! `/metrics` with `--metrics-url`. A debug build of the server is flagged. Exit status: 0 for a
+//! report, 1 when the run could not measure anything (every handshake failed: stopped early, with
+//! one line saying where and why), 2 for a command line that can't be run. Progress goes to stderr
+//! when it is a terminal. `bench/run.sh` runs the whole matrix.
 
 mod client;
 mod compare;
@@ -46,7 +50,11 @@ use crate::target::Target;
 #[command(
     name = "ws-bench",
     version,
-    about = "Low-overhead WebSocket load generator for wslab protocol v1 (loopback only)"
+    about = "Low-overhead WebSocket load generator for wslab protocol v1 (loopback only)",
+    after_help = "Exit status: 0 a report was printed; 1 the run could not measure what it was asked \
+(no handshake succeeded: it stops within a second or 32 failures, with one line saying where and \
+why); 2 the command line can't be run (bad values, a --pid that is not the server).\n\
+Progress (phase, time, connections open) goes to stderr when it is a terminal."
 )]
 struct Cli {
     #[command(flatten)]
@@ -61,11 +69,13 @@ pub struct Common {
     /// WebSocket endpoint; must be on loopback.
     #[arg(long, global = true, default_value = "ws://127.0.0.1:8000/ws")]
     pub url: String,
-    /// Server process id: RSS and CPU from /proc/PID.
+    /// Server process id: RSS and CPU from /proc/PID. It must own the socket listening on --url's
+    /// port; default: the one process listening there.
     #[arg(long, global = true)]
     pub pid: Option<i32>,
-    /// Server metrics URL (loopback): RSS and CPU from its process metrics when there is no --pid,
-    /// and ws_connections for the hold mode.
+    /// Server metrics URL (loopback): RSS and CPU from its process metrics when no server process
+    /// is known, and ws_connections for the hold mode. The server's build (ws_build_info) is read
+    /// here, else at /metrics on --url's host and port.
     #[arg(long, global = true)]
     pub metrics_url: Option<String>,
     /// One JSON object per run instead of a markdown row.

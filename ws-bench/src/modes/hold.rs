@@ -82,7 +82,7 @@ pub struct HoldArgs {
     /// Seconds to hold all connections open.
     #[arg(long, default_value_t = 10.0)]
     pub hold_secs: f64,
-    /// Seconds after the last close before reading idle RSS again.
+    /// Seconds after the last close before reading idle RSS again (shown as "settling").
     #[arg(long, default_value_t = 5.0)]
     pub settle_secs: f64,
     /// Don't exchange a message after the welcome (same as --exchange none).
