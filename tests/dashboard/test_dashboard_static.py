@@ -120,7 +120,7 @@ def test_every_service_has_a_one_line_comment():
 PINNED = {
     "prometheus": r"prom/prometheus:v3\.\d+\.\d+",
     "cadvisor": r"ghcr\.io/google/cadvisor:v0\.5\d\.\d+",
-    "grafana": r"grafana/grafana:12\.\d+\.\d+",
+    "grafana": r"grafana/grafana:13\.\d+\.\d+",
     "k6": r"grafana/k6:1\.1\.0",
 }
 

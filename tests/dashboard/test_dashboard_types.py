@@ -1,7 +1,7 @@
 """grafana/dashboards/wslab.json type-checked against Grafana's own published types.
 
 The npm package @grafana/schema, pinned in tests/dashboard/types/package.json to the Grafana that
-compose runs (12.4.0), carries the dashboard and panel types generated from Grafana's schema. This
+compose runs (13.2.3), carries the dashboard and panel types generated from Grafana's schema. This
 test writes the dashboard JSON out as TypeScript object literals, each checked with `satisfies`
 against its type, and runs the pinned `tsc --strict --noEmit` on it (tests/dashboard/types/
 tsconfig.json). Object literals get TypeScript's excess-property check, so a key Grafana's types
@@ -26,6 +26,10 @@ Where the types are stricter than Grafana, the check is kept and the dashboard f
   missing; the heatmaps state "auto".
 Both change nothing Grafana does, and keeping the check strict is what catches real mistakes.
 
+The dashboard's `schemaVersion` is the one that Grafana writes: the pinned package's
+`defaultDashboard.schemaVersion` (42 for 13.2), so Grafana runs no migration on load and an
+export from its editor diffs cleanly against the file.
+
 Set-up: `npm ci` in tests/dashboard/types when node_modules is missing or older than
 package-lock.json (scripts/test runs the same before the suite).
 """
@@ -45,6 +49,8 @@ from dashlib import DASHBOARD, load_dashboard
 TYPES = Path(__file__).resolve().parent / "types"
 TSC = TYPES / "node_modules" / ".bin" / "tsc"
 SCHEMA = TYPES / "node_modules" / "@grafana" / "schema" / "package.json"
+# Where the package states the schema version its Grafana writes: `defaultDashboard`.
+DEFAULT_DASHBOARD = SCHEMA.parent / "dist" / "esm" / "raw" / "dashboard" / "x" / "types.gen.mjs"
 
 # The panel plugins the dashboard uses, and the module of each one's generated types.
 PLUGIN_TYPES = {
@@ -200,6 +206,14 @@ def test_types_are_pinned_to_the_grafana_compose_runs(tsc_errors):
     # Exact versions only, so package-lock.json and package.json can't disagree.
     for name, version in package["devDependencies"].items():
         assert re.fullmatch(r"\d+\.\d+\.\d+", version), (name, version)
+
+
+def test_schema_version_is_the_one_the_pinned_grafana_writes(tsc_errors):
+    source = DEFAULT_DASHBOARD.read_text()
+    block = re.search(r"const defaultDashboard = \{(.*?)\};", source, re.S)
+    assert block, f"no defaultDashboard in {DEFAULT_DASHBOARD}"
+    written = int(re.search(r"\bschemaVersion: (\d+)", block.group(1)).group(1))
+    assert load_dashboard()["schemaVersion"] == written
 
 
 def test_dashboard_type_checks_against_grafana_schema(tsc_errors):
