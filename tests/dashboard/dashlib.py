@@ -144,15 +144,25 @@ def metric_names(expr: str) -> set[str]:
     return set(re.findall(r"\b([a-zA-Z_:][a-zA-Z0-9_:]*)\{", expr))
 
 
+# The scaled lab's other jobs: HAProxy's exporter (one balancer per server kind, named by its
+# `proxy` label) and Redis's exporter (one Redis for both kinds).
+BALANCER_JOB = "haproxy"
+REDIS_JOB = "redis"
+
+
 def expected_servers(q: Query) -> set[str]:
     """Which servers a panel query must show data for, from how it selects and groups.
 
     - `job="rust-ws"` (a per-server heatmap): that server;
     - `job=~"rust-ws|python-ws"`: both;
+    - the balancers' `proxy=~"rust-ws|python-ws"`: both;
     - k6 series grouped `by (server...)`: both (k6 tags server=rust|python);
-    - anything else: none named (test-wide k6 gauges such as k6_vus).
+    - anything else: none named (test-wide k6 gauges such as k6_vus, and Redis, which serves both).
     """
-    exact = set(re.findall(r'job="([^"]+)"', q.expr))
+    if f'job="{BALANCER_JOB}"' in q.expr:
+        m = re.search(r'proxy=~"([^"]+)"', q.expr)
+        return set(m.group(1).split("|")) if m else set()
+    exact = set(re.findall(r'job="([^"]+)"', q.expr)) - {REDIS_JOB}
     if exact:
         return exact
     m = re.search(r'job=~"([^"]+)"', q.expr)
@@ -164,9 +174,12 @@ def expected_servers(q: Query) -> set[str]:
 
 
 def series_server(metric: dict) -> str | None:
-    """The server a result series belongs to: its job, or its k6 server tag."""
+    """The server a result series belongs to: its job, its balancer's proxy, or its k6 server
+    tag."""
     if metric.get("job") in SERVER_JOBS:
         return metric["job"]
+    if metric.get("proxy") in SERVER_JOBS:
+        return metric["proxy"]
     for job, tag in K6_SERVER_TAG.items():
         if metric.get("server") == tag:
             return job

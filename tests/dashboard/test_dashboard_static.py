@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 from dashlib import (
+    BALANCER_JOB,
     CADVISOR_LABEL,
     COMPOSE,
     CONTAINER_LABEL,
@@ -30,6 +31,7 @@ from dashlib import (
     PROM_CONFIG,
     PROM_DIR,
     PROMTOOL,
+    REDIS_JOB,
     REPO,
     RULES_TEST,
     SERVER_JOBS,
@@ -484,7 +486,11 @@ def test_servers_selected_by_job_containers_by_service_label(dashboard):
         elif "k6_" not in q.expr:
             for sel in re.findall(r"\b[a-z_:]+\{([^}]*)\}", q.expr):
                 assert re.search(r'\bjob=~?"', sel), f"{q.test_id}: {sel}"
-            assert expected_servers(q) <= set(SERVER_JOBS) and expected_servers(q), q.test_id
+            assert expected_servers(q) <= set(SERVER_JOBS), q.test_id
+            # Only Redis's panels name no server: one Redis serves both kinds.
+            assert expected_servers(q) or q.expr.count(f'job="{REDIS_JOB}"') == len(
+                re.findall(r"\b[a-z_:]+\{", q.expr)
+            ), q.test_id
 
 
 def test_time_panels_use_seconds(dashboard):
@@ -526,6 +532,25 @@ REQUIRED_METRICS = {
     "k6_checks_rate",
     "k6_wslab_errors_total",
     "k6_wslab_unclean_closes_total",
+    # Several nodes (PROTOCOL.md sections 4 and 5).
+    "ws_node_info",
+    "ws_broker_up",
+    "ws_broker_published_total",
+    "ws_broker_received_total",
+    "ws_broker_publish_failures_total",
+    "job:ws_broker_publish_duration_seconds:histogram_quantile_rate30s",
+    # Redis, from redis_exporter.
+    "redis_cpu_user_seconds_total",
+    "redis_cpu_sys_seconds_total",
+    "redis_memory_used_bytes",
+    "redis_connected_clients",
+    "redis_pubsub_channels",
+    "redis_pubsub_patterns",
+    # The balancers, from HAProxy's own exporter.
+    "haproxy_server_current_sessions",
+    "haproxy_frontend_connections_total",
+    "haproxy_server_sessions_total",
+    "haproxy_server_status",
 }
 
 
@@ -554,6 +579,78 @@ def test_dashboard_covers_every_metric_with_heatmaps_and_percentiles(dashboard):
         if "histogram_quantile" in q.expr and "k6_" not in q.expr
     }
     assert quantiles == {"0.5", "0.95", "0.99"}
+
+
+# Server series whose sum over a job's nodes hides how the nodes differ: each has a total panel
+# (`sum by (job)`) and a per-node view.
+PER_NODE = (
+    "ws_connections",
+    "ws_messages_received_total",
+    "ws_messages_sent_total",
+    "process_cpu_seconds_total",
+    "process_resident_memory_bytes",
+)
+# A per-node query: the series summed per target, named by the node id that ws_node_info gives it.
+NODE_JOIN = ' * on (job, instance) group_left (node_id) ws_node_info{job=~"rust-ws|python-ws"'
+
+
+def test_per_node_views_beside_the_totals(dashboard):
+    queries = dashboard_queries(dashboard)
+    for metric in PER_NODE:
+        reading = [q for q in queries if re.search(rf"\b{metric}\{{", q.expr)]
+        totals = [q for q in reading if q.expr.startswith(("sum by (job) (", "sum by (job, "))]
+        totals = [q for q in totals if not q.expr.startswith("sum by (job, instance) (")]
+        assert totals and all(NODE_JOIN not in q.expr for q in totals), metric
+        per_node = [q for q in reading if q.expr.startswith("sum by (job, instance) (")]
+        assert per_node, f"{metric}: no per-node view"
+        for q in per_node:
+            assert NODE_JOIN in q.expr, q.test_id
+    # Every per-node line is named by its job and node id.
+    for panel in all_panels(dashboard):
+        for t in panel.get("targets", []):
+            if "group_left (node_id)" in t["expr"]:
+                assert t["legendFormat"].startswith("{{job}} {{node_id}}"), panel["title"]
+    # The broker's up state only for nodes that have a broker (it is always 0 without one).
+    for q in [q for q in queries if "ws_broker_up{" in q.expr]:
+        assert 'ws_node_info{job=~"rust-ws|python-ws",broker!="none"}' in q.expr, q.test_id
+
+
+def test_state_timelines_name_every_value_their_query_gives(dashboard):
+    """The timelines' queries give codes, the value mappings name every one: ws_broker_up 0 and 1,
+    and HAProxy's server states (each series of haproxy_server_status is 1 for its state)."""
+    timelines = [p for p in all_panels(dashboard) if p["type"] == "state-timeline"]
+    assert {p["title"] for p in timelines} == {
+        "Broker up per node",
+        "Balancer health check per replica (/readyz)",
+    }
+    for panel in timelines:
+        (mapping,) = panel["fieldConfig"]["defaults"]["mappings"]
+        named = {int(v) for v in mapping["options"]}
+        (target,) = panel["targets"]
+        if "haproxy_server_status" in target["expr"]:
+            codes = {
+                int(code): state
+                for code, state in re.findall(
+                    r'(\d) \* haproxy_server_status\{[^}]*state="(\w+)"\}', target["expr"]
+                )
+            }
+            # HAProxy 2.6 and 3.x export these five states; every one has a code.
+            assert sorted(codes.values()) == ["DOWN", "DRAIN", "MAINT", "NOLB", "UP"]
+            assert named == set(codes)
+            for code, state in codes.items():
+                assert mapping["options"][str(code)]["text"].split()[0] == state.lower()
+        else:
+            assert named == {0, 1}
+
+
+def test_balancer_and_redis_panels_read_their_jobs(dashboard):
+    for q in dashboard_queries(dashboard):
+        if "haproxy_" in q.expr:
+            for sel in re.findall(r"haproxy_\w+\{([^}]*)\}", q.expr):
+                assert sel.startswith(f'job="{BALANCER_JOB}",proxy=~"rust-ws|python-ws"'), sel
+        if "redis_" in q.expr:
+            for sel in re.findall(r"redis_\w+\{([^}]*)\}", q.expr):
+                assert sel == f'job="{REDIS_JOB}"', sel
 
 
 def test_every_query_substitutes_cleanly(dashboard):

@@ -10,9 +10,9 @@ don't have fails the test, as does a wrong type or an unknown enum value.
 What is checked against what:
 - the dashboard: `Dashboard` (templating variables `VariableModel`, annotations, time picker...);
 - each row: `RowPanel`;
-- each timeseries or heatmap panel: `Panel` with its plugin's own `Options` and field-config
-  `custom` type (TimeSeriesPanelCfg, HeatmapPanelCfg), where the generic `Panel` would accept any
-  options at all.
+- each timeseries, heatmap or state-timeline panel: `Panel` with its plugin's own `Options` and
+  field-config `custom` type (TimeSeriesPanelCfg, HeatmapPanelCfg, StateTimelinePanelCfg), where
+  the generic `Panel` would accept any options at all.
 
 Enums: Grafana's generated types use TypeScript string enums (e.g. `FieldColorModeId`), and a JSON
 string such as "palette-classic" is not assignable to one even when it is the enum's value;
@@ -52,10 +52,12 @@ SCHEMA = TYPES / "node_modules" / "@grafana" / "schema" / "package.json"
 # Where the package states the schema version its Grafana writes: `defaultDashboard`.
 DEFAULT_DASHBOARD = SCHEMA.parent / "dist" / "esm" / "raw" / "dashboard" / "x" / "types.gen.mjs"
 
-# The panel plugins the dashboard uses, and the module of each one's generated types.
+# The panel plugins the dashboard uses: each one's directory in the package and the module of its
+# generated types.
 PLUGIN_TYPES = {
-    "timeseries": "TimeSeriesPanelCfg",
-    "heatmap": "HeatmapPanelCfg",
+    "timeseries": ("timeseries", "TimeSeriesPanelCfg"),
+    "heatmap": ("heatmap", "HeatmapPanelCfg"),
+    "state-timeline": ("statetimeline", "StateTimelinePanelCfg"),
 }
 
 
@@ -95,10 +97,10 @@ def typescript_source(dashboard: dict) -> str:
         "import type { Dashboard, FieldConfig, FieldConfigSource, Panel, RowPanel }"
         " from '@grafana/schema';",
     ]
-    for plugin, module in PLUGIN_TYPES.items():
+    for directory, module in PLUGIN_TYPES.values():
         lines.append(
             f"import type * as {module} from '@grafana/schema/dist/esm/raw/composable/"
-            f"{plugin}/panelcfg/x/{module}_types.gen';"
+            f"{directory}/panelcfg/x/{module}_types.gen';"
         )
     lines += [
         "import type { Unenum } from '../unenum';",
@@ -123,8 +125,10 @@ def typescript_source(dashboard: dict) -> str:
                 f"const {name} = {with_panels(panel, nested)} satisfies Unenum<RowPanel>;\n"
             )
             return name
-        module = PLUGIN_TYPES.get(panel["type"])
-        assert module, f"panel {panel['id']}: no types wired up for plugin {panel['type']!r}"
+        assert panel["type"] in PLUGIN_TYPES, (
+            f"panel {panel['id']}: no types wired up for plugin {panel['type']!r}"
+        )
+        _directory, module = PLUGIN_TYPES[panel["type"]]
         lines.append(
             f"const {name} = {literal(panel)} satisfies "
             f"Unenum<PluginPanel<{module}.Options, {module}.FieldConfig>>;\n"
@@ -148,6 +152,9 @@ MUTATIONS = {
     "unknown_plugin_option": lambda d: next(p for p in d["panels"] if p["type"] == "heatmap")[
         "options"
     ].__setitem__("notAnOption", True),
+    "wrong_timeline_option": lambda d: next(
+        p for p in d["panels"] if p["type"] == "state-timeline"
+    )["options"].__setitem__("showValue", "sometimes"),
 }
 
 
