@@ -1,18 +1,29 @@
 """Shared helpers for the dashboard suite: the repo's compose/Prometheus/Grafana files, the
 dashboard's queries with Grafana's variables filled in, and a real Prometheus on 127.0.0.1.
 
-How the real-data proof points Prometheus at native servers (no second, hand-kept config):
-`generated_prometheus_config` loads prometheus/prometheus.yml, replaces the `targets` of each
-static scrape job and nothing else, and writes the copy into a temporary directory. There, a
-symlink `rules -> <repo>/prometheus/rules` makes the unchanged `rule_files: [rules/*.yml]` load
-the product's recording rules. The targets become:
+How the real-data proof points Prometheus at native processes (no second, hand-kept config):
+`generated_prometheus_config` loads prometheus/prometheus.yml, gives each scrape job the targets
+the test started and changes nothing else: a job's static targets are replaced, and its DNS
+discovery (`dns_sd_configs`, the scaled profile's replicas, balancers and Redis exporter, found by
+Docker's DNS) becomes static targets too, since no Docker DNS answers here; the job's relabelling
+stays. It writes the copy into a temporary directory, where a symlink
+`rules -> <repo>/prometheus/rules` makes the unchanged `rule_files: [rules/*.yml]` load the
+product's rules. The targets become:
 
 - `prometheus` -> the test Prometheus itself;
-- `rust-ws`, `python-ws` -> the servers `tests/harness.py` started on 127.0.0.1;
+- `rust-ws`, `python-ws` -> the servers `tests/harness.py` started on 127.0.0.1: the single
+  server, and the nodes on Redis that compose's scaled profile runs beside it in the same job;
+- `haproxy` -> the balancers' exporters, `redis` -> Debian's prometheus-redis-exporter;
 - `cadvisor` -> a closed port on 127.0.0.1 (cAdvisor can't run here; the job stays configured
   and reports up == 0, and no scrape leaves the loopback interface).
 
 Any other job in prometheus.yml makes the generator fail, so a new job can't slip past the test.
+
+The scaled lab's other processes run natively too, each on free loopback ports: Debian's
+redis-server, prometheus-redis-exporter and HAProxy (`running_redis`, `running_redis_exporter`,
+`running_haproxy`). HAProxy gets `haproxy_config`: the balancing that haproxy/haproxy.cfg states
+for compose (leastconn, the /readyz check, the WebSocket timeouts, the exporter), with the
+replicas as static servers where compose fills slots from Docker's DNS.
 """
 
 from __future__ import annotations
@@ -23,8 +34,13 @@ import json
 import math
 import os
 import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +60,9 @@ DATASOURCES = GRAFANA / "provisioning" / "datasources" / "prometheus.yml"
 DASH_PROVIDERS = GRAFANA / "provisioning" / "dashboards" / "wslab.yml"
 
 PROMTOOL = os.environ.get("PROMTOOL", "/usr/bin/promtool")
+REDIS_SERVER = os.environ.get("REDIS_SERVER", "redis-server")
+REDIS_EXPORTER = os.environ.get("REDIS_EXPORTER", "/usr/bin/prometheus-redis-exporter")
+HAPROXY = os.environ.get("HAPROXY", "haproxy")
 DOCKER_COMPOSE = os.environ.get("DOCKER_COMPOSE", "/usr/bin/docker-compose")
 
 SERVER_JOBS = ("rust-ws", "python-ws")
@@ -198,8 +217,9 @@ def finite_values(series: dict) -> list[float]:
 # ---------------------------------------------------------------- Prometheus
 
 
-def generated_prometheus_config(targets: dict[str, str]) -> dict:
-    """prometheus.yml with the targets of each job replaced by targets[job_name]."""
+def generated_prometheus_config(targets: dict[str, list[str]]) -> dict:
+    """prometheus.yml with each job's targets targets[job_name]: static targets replaced, DNS
+    discovery turned into those static targets."""
     config = load_yaml(PROM_CONFIG)
     jobs = [sc["job_name"] for sc in config["scrape_configs"]]
     assert sorted(jobs) == sorted(targets), (
@@ -208,21 +228,32 @@ def generated_prometheus_config(targets: dict[str, str]) -> dict:
     )
     out = copy.deepcopy(config)
     for sc in out["scrape_configs"]:
-        assert list(sc["static_configs"]) and len(sc["static_configs"]) == 1, sc
-        sc["static_configs"][0]["targets"] = [targets[sc["job_name"]]]
+        static = sc.get("static_configs", [])
+        dns = sc.pop("dns_sd_configs", [])
+        known = {"job_name", "static_configs", "relabel_configs", "metric_relabel_configs"}
+        assert set(sc) <= known, f"{sc['job_name']}: teach the generator {set(sc) - known}"
+        assert len(static) <= 1 and (static or dns), sc
+        first = static[0] if static else {}
+        sc["static_configs"] = [{**first, "targets": list(targets[sc["job_name"]])}]
     return out
 
 
 def without_targets(config: dict) -> dict:
+    """The config with every way of naming targets removed (static targets, DNS discovery), so
+    a generated config and the product's compare equal in everything else (labels included)."""
     c = copy.deepcopy(config)
     for sc in c["scrape_configs"]:
-        for st in sc.get("static_configs", []):
-            st["targets"] = []
+        sc.pop("dns_sd_configs", None)
+        rest = [
+            {k: v for k, v in st.items() if k != "targets"} for st in sc.pop("static_configs", [])
+        ]
+        if any(rest):
+            sc["static_configs"] = [st for st in rest if st]
     return c
 
 
 @contextlib.contextmanager
-def running_prometheus(port: int, targets: dict[str, str]) -> Iterator[Prometheus]:
+def running_prometheus(port: int, targets: dict[str, list[str]]) -> Iterator[Prometheus]:
     """A real Prometheus on 127.0.0.1:port with the generated config and the remote-write
     receiver on, started with the same flags compose gives it (paths aside), plus native
     histograms, which Prometheus 2.42 keeps behind a feature flag."""
@@ -250,3 +281,145 @@ def wait_until(predicate, timeout: float, interval: float = 0.5, what: str = "co
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+# ---------------------------------------------------------------- the scaled lab, natively
+
+
+@contextlib.contextmanager
+def running_process(
+    name: str, cmd: list[str], ready: Callable[[], bool], timeout: float = 30.0
+) -> Iterator[subprocess.Popen]:
+    """Start cmd, yield it once ready() is true, stop it afterwards; its output goes to a
+    temporary log that is printed if it fails to start or the test fails while it runs."""
+    binary = shutil.which(cmd[0])
+    if not binary:
+        raise RuntimeError(f"{cmd[0]} not found (Debian: apt-get install {name})")
+    # Kept open for the process's lifetime and removed in `finally`, so no `with` block.
+    log = tempfile.NamedTemporaryFile(  # noqa: SIM115
+        prefix=f"wslab-{name}-", suffix=".log", delete=False
+    )
+    proc = subprocess.Popen([binary, *cmd[1:]], stdout=log, stderr=subprocess.STDOUT)
+
+    def text() -> str:
+        return Path(log.name).read_text(errors="replace")
+
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{text()}")
+            with contextlib.suppress(OSError):
+                if ready():
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} not ready within {timeout}s:\n{text()}")
+            time.sleep(0.1)
+        yield proc
+    except BaseException:
+        sys.stderr.write(f"--- {name} log ---\n{text()}\n")
+        raise
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        log.close()
+        os.unlink(log.name)
+
+
+def redis_ping(port: int) -> bool:
+    with socket.create_connection(("127.0.0.1", port), timeout=1.0) as s:
+        s.sendall(b"PING\r\n")
+        return s.recv(16).startswith(b"+PONG")
+
+
+@contextlib.contextmanager
+def running_redis(port: int) -> Iterator[subprocess.Popen]:
+    """Debian's redis-server on 127.0.0.1:port, keeping nothing on disk, as compose runs it."""
+    cmd = [REDIS_SERVER, "--bind", "127.0.0.1", "--port", str(port)]
+    cmd += ["--save", "", "--appendonly", "no", "--dir", tempfile.gettempdir()]
+    with running_process("redis-server", cmd, lambda: redis_ping(port)) as proc:
+        yield proc
+
+
+def http_ok(url: str, contains: str = "") -> bool:
+    status, _, body = harness.http_get(url, timeout=1.0)
+    return status == 200 and contains in body
+
+
+@contextlib.contextmanager
+def running_redis_exporter(port: int, redis_port: int) -> Iterator[subprocess.Popen]:
+    """Debian's prometheus-redis-exporter (compose runs oliver006/redis_exporter, the same
+    program) on 127.0.0.1:port, reading the Redis on redis_port."""
+    cmd = [
+        REDIS_EXPORTER,
+        f"--redis.addr=redis://127.0.0.1:{redis_port}",
+        f"--web.listen-address=127.0.0.1:{port}",
+    ]
+    metrics = f"http://127.0.0.1:{port}/metrics"
+    with running_process(
+        "prometheus-redis-exporter", cmd, lambda: http_ok(metrics, "redis_up 1")
+    ) as proc:
+        yield proc
+
+
+def haproxy_config(kind: str, port: int, metrics_port: int, replicas: list[int]) -> str:
+    """One balancer of one server kind: haproxy/haproxy.cfg's balancing, with the replicas as
+    static servers node1..N (compose's server-template fills the same slots from DNS)."""
+    servers = "\n".join(
+        f"    server node{i} 127.0.0.1:{p}" for i, p in enumerate(replicas, start=1)
+    )
+    return f"""# Generated by tests/dashboard/dashlib.py for the dashboard's real-data proof.
+defaults
+    mode http
+    retries 0
+    timeout connect 5s
+    timeout http-request 10s
+    timeout client 30s
+    timeout server 30s
+    timeout tunnel 1h
+    timeout client-fin 30s
+    timeout server-fin 30s
+
+frontend "{kind}"
+    bind "127.0.0.1:{port}"
+    default_backend "{kind}"
+
+backend "{kind}"
+    balance leastconn
+    option httpchk
+    http-check send meth GET uri /readyz ver HTTP/1.1 hdr Host "{kind}"
+    http-check expect status 200
+    default-server check inter 1s fall 2 rise 1
+{servers}
+
+frontend metrics
+    bind "127.0.0.1:{metrics_port}"
+    http-request use-service prometheus-exporter if {{ path /metrics }}
+"""
+
+
+@contextlib.contextmanager
+def running_haproxy(kind: str, replicas: list[int], metrics_port: int) -> Iterator[int]:
+    """Debian's HAProxy in front of replicas, its exporter on metrics_port; yields its WebSocket
+    port once every replica passes its /readyz check."""
+    port = harness.free_port()
+    workdir = Path(tempfile.mkdtemp(prefix="wslab-haproxy-"))
+    config = workdir / "haproxy.cfg"
+    config.write_text(haproxy_config(kind, port, metrics_port, replicas))
+    metrics = f"http://127.0.0.1:{metrics_port}/metrics"
+
+    def all_up() -> bool:
+        _, _, body = harness.http_get(metrics, timeout=1.0)
+        up = re.findall(r'haproxy_server_status\{[^}]*state="UP"\} (\d)', body)
+        return len(up) == len(replicas) and set(up) == {"1"}
+
+    try:
+        with running_process("haproxy", [HAPROXY, "-db", "-f", str(config)], all_up):
+            yield port
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
