@@ -14,7 +14,7 @@ The setup (module fixture `proof`, one Prometheus for the whole module, about a 
 3. The scaled lab: Debian's redis-server, two nodes of each kind with WS_BROKER_URL on it (their
    jobs now hold three targets: the single server and two nodes, as compose's scaled profile
    has them), Debian's prometheus-redis-exporter, and one Debian HAProxy per kind in front of its
-   two nodes (haproxy/haproxy.cfg's balancing; see dashlib's `haproxy_config`).
+   two nodes (haproxy/haproxy.cfg itself, static servers in place of Docker's DNS: see dashlib).
 4. Once Prometheus scrapes every target, k6 (the pinned .venv/bin/k6) runs k6/scripts/both.js
    through the balancers in smoke mode (SMOKE=1, the default `sessions` scenario, rust then
    python) with `-o experimental-prometheus-rw`, the compose service's remote-write settings
