@@ -3,7 +3,9 @@
 - every script runs every scenario in SMOKE mode and exits 0 with its thresholds enforced, and
   what k6 says it did matches what the server it targeted counted;
 - both.js lays the two servers out in consecutive windows by default;
-- a script pointed at a dead port exits non-zero and says what to start;
+- a script pointed at a dead port exits non-zero and says what to start, and both.js with one
+  server down ends its stdout with the verdict naming that server, not thresholds of the other;
+- the end-of-test summary leaves out rows that are all zero (per-code error rows and the like);
 - a smoke run pushes to a real Prometheus by remote write, tagged by server, trends as native
   histograms in seconds.
 
@@ -129,6 +131,18 @@ def assert_clean_run(result, servers_run, scenarios=SCENARIOS, servers=None, bef
     assert result.count("wslab_unclean_closes") == 0, result.report()
 
 
+# A per-server, per-code row of the end-of-test summary (k6/lib/summary.js), e.g.
+# "      {server:rust,code:bad_welcome} ....... 3 (0.5/s)".
+CODE_ROW = re.compile(r"^\s+\{server:(\w+),code:(\w+)\} \.* ?(\S+)", re.MULTILINE)
+
+
+def assert_no_zero_code_rows(result):
+    """The summary prints a wslab_errors{server,code} row only for a code that moved."""
+    for server, code, shown in CODE_ROW.findall(result.output):
+        count = result.count(f"wslab_errors{{server:{server},code:{code}}}")
+        assert count > 0, (f"an all-zero row was printed: {server} {code} {shown}", result.output)
+
+
 def assert_tagged(points, servers_run, scenarios):
     lab_points = [
         p for p in points if p["metric"].startswith(("wslab_", "ws_")) or p["metric"] == "checks"
@@ -153,6 +167,8 @@ def test_single_server_script_runs_every_scenario(script, servers, smoke_env):
     result = run_k6(script, {**smoke_env, "SCENARIO": "all", "PARALLEL": "1"}, timeout=120)
 
     assert_clean_run(result, (kind,), servers=servers, before=before)
+    assert_no_zero_code_rows(result)
+    assert f"{{server:{kind},code:connect_failed}}" not in result.output, result.output
     # k6's count of sessions is the number of connections the targeted server accepted, and the
     # other server saw none: the numbers are about the server the script names.
     sessions = result.metric("ws_sessions")["count"]
@@ -211,6 +227,33 @@ def test_dead_server_fails_fast_saying_what_to_start(script, kind, var, smoke_en
     assert "start it with" in result.output
     # It failed in setup(): no load was generated.
     assert result.metric("ws_sessions") is None or result.metric("ws_sessions")["count"] == 0
+
+
+def test_one_server_down_ends_with_the_verdict_naming_it(servers, smoke_env):
+    """both.js with python-ws down and rust-ws up: the last lines of stdout are the verdict, and it
+    names python-ws, what to start and nothing about rust-ws (whose thresholds no load could meet);
+    no all-zero error-code row in the summary above it."""
+    port = free_port()
+    env = {**smoke_env, "PYTHON_WS_URL": f"ws://127.0.0.1:{port}/ws"}
+    result = run_k6("both.js", env, timeout=60, apart=True)
+
+    assert result.returncode != 0, result.report()
+    lines = result.stdout.rstrip("\n").splitlines()
+    verdict = []
+    for line in reversed(lines):
+        if not line.startswith("wslab: "):
+            break
+        verdict.insert(0, line)
+    assert verdict, f"stdout does not end with wslab: lines:\n{result.stdout}"
+    assert verdict[-1].startswith(
+        f"wslab: python-ws is not answering at http://127.0.0.1:{port}/healthz "
+        f"(PYTHON_WS_URL=ws://127.0.0.1:{port}/ws)"
+    ), verdict
+    assert "start it with" in verdict[-1], verdict
+    assert not [v for v in verdict if "rust" in v or "threshold crossed" in v], verdict
+    # No row for any of the ~22 error codes per server: none of them moved.
+    assert_no_zero_code_rows(result)
+    assert "code:" not in result.stdout, result.stdout
 
 
 def prom_query(url: str, query: str) -> list[dict]:
