@@ -335,7 +335,7 @@ def main() -> None:
     p.add_argument(
         "--sweeps",
         default="conns paths fanout msgsize knee-echo knee-broadcast capacity",
-        help="space-separated sweeps to run, as listed above (default: all of them)",
+        help="space-separated sweeps to run, any of: %(default)s (bench/README.md explains each)",
     )
     p.add_argument(
         "--bench",
