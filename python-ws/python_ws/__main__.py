@@ -24,6 +24,7 @@ from . import SERVER_NAME, __version__
 from .accept import Acceptor
 from .app import make_app
 from .config import LOG_LEVELS, Config, ConfigError, from_env
+from .metrics import BUILD_PROFILE
 
 log = logging.getLogger("python_ws")
 
@@ -47,11 +48,12 @@ async def main(config: Config, sockets: list[socket.socket]) -> None:
     acceptor.start()
     port = sockets[0].getsockname()[1]
     log.info(
-        "%s %s listening on %s:%d backlog=%d pid=%d config: %s",
+        "%s %s listening on %s:%d profile=%s backlog=%d pid=%d config: %s",
         SERVER_NAME,
         __version__,
         config.host,
         port,
+        BUILD_PROFILE,
         LISTEN_BACKLOG,
         os.getpid(),
         config.describe(),
@@ -95,7 +97,9 @@ def run() -> None:
     try:
         sockets = tornado.netutil.bind_sockets(config.port, config.host, backlog=LISTEN_BACKLOG)
     except OSError as err:  # address in use, not available, no permission
-        print(f"python-ws: cannot listen on {config.host}:{config.port}: {err}", file=sys.stderr)
+        # PROTOCOL.md §1: one line naming the address, the same as rust-ws prints, and status 1.
+        reason = err.strerror or err
+        print(f"python-ws: cannot listen on {config.host}:{config.port}: {reason}", file=sys.stderr)
         sys.exit(1)
     asyncio.run(main(config, sockets))
 

@@ -9,6 +9,8 @@ Twin: rust-ws/src/metrics.rs
 
 from __future__ import annotations
 
+import sys
+
 import prometheus_client
 from prometheus_client import (
     CollectorRegistry,
@@ -18,6 +20,8 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+
+from . import SERVER_NAME
 
 # prometheus_client only offers this switch process-wide; it has to be off before any metric is
 # created, which is why it runs at import.
@@ -58,6 +62,11 @@ CLOSE_REASONS = (
 )
 OUTCOMES = ("ok", "invalid")
 
+# This build's profile, for the start-up line and ws_build_info: "debug" on a debug build of
+# CPython (which has sys.gettotalrefcount and runs several times slower), as rust-ws says "debug"
+# for a cargo debug build; a benchmark of either is not the server's speed.
+BUILD_PROFILE = "debug" if hasattr(sys, "gettotalrefcount") else "release"
+
 
 class Metrics:
     def __init__(self) -> None:
@@ -95,6 +104,13 @@ class Metrics:
             buckets=BUCKETS,
             registry=r,
         )
+        self.build_info = Gauge(
+            "ws_build_info",
+            "Build of this server: its name and build profile (constant 1).",
+            ["server", "profile"],
+            registry=r,
+        )
+        self.build_info.labels(server=SERVER_NAME, profile=BUILD_PROFILE).set(1)
         # Every label value exists at zero from start-up; keep the children for the hot path.
         self.closed_by_reason = {
             reason: self.closed_errors.labels(reason=reason) for reason in CLOSE_REASONS

@@ -90,6 +90,11 @@ FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
         ),
         (),
     ),
+    "ws_build_info": (
+        "gauge",
+        "Build of this server: its name and build profile (constant 1).",
+        ("profile", "server"),
+    ),
 }
 REQUIRED_PROCESS_FAMILIES = (
     "process_cpu_seconds_total",
