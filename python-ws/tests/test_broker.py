@@ -293,3 +293,121 @@ def server_node_id(server: Server) -> str:
     """The default node id the server logged (host name, `-`, pid)."""
     line = next(line for line in server.log().splitlines() if "node_id=" in line)
     return line.rsplit("node_id=", 1)[1].split()[0]
+
+
+def test_script_flushed_falls_back_to_eval(redis: Redis) -> None:
+    with node(redis, "ns") as s:
+        wait_ready(s, 200)
+        ws = RawWS(s.port)
+        try:
+            ws.recv_json()
+            broadcast(ws, "a")
+            assert ws.recv_json()["seq"] == 1
+            subprocess.run(
+                ["redis-cli", "-p", str(redis.port), "SCRIPT", "FLUSH"], check=True, timeout=5
+            )
+            # EVALSHA answers NOSCRIPT; the same broadcasts go again with EVAL, in order.
+            for ref in ("b", "c"):
+                broadcast(ws, ref)
+            got = [ws.recv_json(), ws.recv_json()]
+            assert [(m["ref"], m["seq"]) for m in got] == [("b", 2), ("c", 3)]
+            assert metric(s, "ws_broker_up") == 1
+            assert metric(s, "ws_broker_publish_failures_total", reason="lost") == 0
+        finally:
+            ws.close()
+
+
+# --- in-process: the broker's bound and its pipelining ----------------------------------------
+
+
+def in_process_broker(url: str, replies: list, delivered: list, on_deliver=None):
+    from python_ws.broker import Broker
+    from python_ws.config import parse_broker_url
+    from python_ws.metrics import Metrics
+
+    metrics = Metrics("t", "redis")
+    broker = Broker(
+        parse_broker_url(url),
+        "t",
+        metrics,
+        on_deliver or (lambda room, payload: delivered.append((room, payload))),
+        lambda sender, payload: replies.append((sender, json.loads(payload))),
+    )
+    return broker, metrics
+
+
+def payload(ref: str) -> bytes:
+    from python_ws import protocol
+
+    req = protocol.Request("broadcast", "ann", "hi", ref, None)
+    return protocol.reply(req, "t:1", 0, 1)
+
+
+def test_publish_queue_is_bounded_at_4096() -> None:
+    from python_ws.broker import MAX_PENDING
+
+    replies: list = []
+    broker, metrics = in_process_broker("redis://127.0.0.1:1", replies, [])
+    broker.up = True  # as if connected, with no publisher draining the queue
+    for i in range(MAX_PENDING + 2):
+        broker.publish(i, str(i), "r", payload(str(i)))
+    assert MAX_PENDING == 4096
+    assert [(s, r["code"], r["ref"]) for s, r in replies] == [
+        (4096, "broker_unavailable", "4096"),
+        (4097, "broker_unavailable", "4097"),
+    ]
+    assert metrics.broker_failed["overloaded"]._value.get() == 2
+    broker.up = False
+    broker.publish("x", None, "r", payload("x"))
+    assert replies[-1] == ("x", {**replies[0][1], "ref": None})
+    assert metrics.broker_failed["unavailable"]._value.get() == 1
+
+
+def test_publishes_are_pipelined(redis: Redis) -> None:
+    """Many broadcasts handed over at once go out in a few writes, not one round trip each."""
+    import asyncio
+
+    from redis.asyncio.connection import Connection
+
+    replies: list = []
+    delivered: list = []
+    sends = 0
+    original = Connection.send_packed_command
+
+    async def counting(self, command, check_health=True):
+        nonlocal sends
+        sends += 1
+        await original(self, command, check_health)
+
+    async def run() -> None:
+        all_in = asyncio.Event()
+
+        def deliver(room: str, payload: bytes) -> None:
+            delivered.append((room, payload))
+            if len(delivered) == 1000:
+                all_in.set()
+
+        broker, metrics = in_process_broker(redis.url, replies, delivered, deliver)
+        broker.start()
+        deadline = time.monotonic() + 5
+        while not broker.up:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        Connection.send_packed_command = counting  # type: ignore[method-assign]
+        try:
+            for i in range(1000):
+                broker.publish(i, str(i), "pipe", payload(str(i)))
+            await asyncio.wait_for(all_in.wait(), timeout=10)
+        finally:
+            Connection.send_packed_command = original  # type: ignore[method-assign]
+            await broker.close()
+        assert replies == []
+        seqs = [json.loads(p)["seq"] for _, p in delivered]
+        assert seqs == list(range(1, 1001))
+        assert [json.loads(p)["ref"] for _, p in delivered] == [str(i) for i in range(1000)]
+        assert {room for room, _ in delivered} == {"pipe"}
+        assert metrics.broker_published._value.get() == 1000
+        # 1000 publishes in batches of at most 512 (plus a PING now and then).
+        assert sends <= 4, sends
+
+    asyncio.run(run())
