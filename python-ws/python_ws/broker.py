@@ -259,6 +259,8 @@ class Broker:
             ]
             if ping:
                 commands.append(("PING",))
+            elif not commands:
+                continue  # woken a hair before the ping was due: nothing to send yet
             try:
                 async with asyncio.timeout(COMMAND_TIMEOUT):
                     missing = await self._round_trip(conn, commands, batch, ping)
