@@ -37,6 +37,8 @@ SHUTDOWN_GRACE_SECS = 3.0
 async def main(config: Config, sockets: list[socket.socket]) -> None:
     """Serve on already bound `sockets` until SIGTERM or SIGINT."""
     app = make_app(config)
+    if app.broker is not None:
+        app.broker.start()
     # Tornado's header timeout is `idle_connection_timeout`: the time the request line and headers
     # have from the moment the connection is accepted (and between keep-alive requests); past it
     # the connection is closed without an answer. Its default is an hour.
@@ -78,6 +80,8 @@ async def main(config: Config, sockets: list[socket.socket]) -> None:
     app.hub.shutdown()
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(app.hub.wait_empty(), timeout=SHUTDOWN_GRACE_SECS)
+    if app.broker is not None:
+        await app.broker.close()
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(server.close_all_connections(), timeout=1.0)
     log.info("stopped")
