@@ -257,6 +257,24 @@ def test_concurrent_senders_on_both_nodes_one_gap_free_sequence(cluster):
             assert own == [f"{m.conn_id}/{i}" for i in range(k)], own
 
 
+def test_one_members_broadcasts_keep_their_order(cluster):
+    """§5 Ordering: broadcasts from one member keep their order, and a node publishes in the order
+    its members' messages were handled, even with many publishes in flight at once."""
+    n = 1000  # under WS_SEND_QUEUE (1024): nobody reads until all are sent
+    room = unique_room()
+    a, b = cluster.nodes
+    with Clients(a) as ca, Clients(b) as cb:
+        sender, other = ca.join(room), cb.join(room)
+        for i in range(n):
+            broadcast(sender, "o", str(i))
+        for m in (sender, other):
+            got = [recv_broadcast(m) for _ in range(n)]
+            refs = [int(g["ref"]) for g in got]
+            out_of_order = [(i, refs[i - 1], refs[i]) for i in range(1, n) if refs[i] < refs[i - 1]]
+            assert out_of_order == [], f"{m.conn_id}: (index, previous ref, ref) {out_of_order[:5]}"
+            assert [g["seq"] for g in got] == list(range(1, n + 1))
+
+
 def test_conn_ids_are_node_scoped_and_welcome_counts_this_node_only(cluster):
     room = unique_room()
     a, b = cluster.nodes
