@@ -197,6 +197,67 @@ def _redis_binary() -> str:
     return binary
 
 
+class RespError(Exception):
+    """An error reply from Redis."""
+
+
+class RespConn:
+    """A minimal RESP2 client on a plain socket, to look at what the nodes wrote into Redis (keys,
+    scripts, published messages) without a Redis library: `call` sends one command and returns
+    its reply (bytes, int, list or None); `read` returns the next reply (a pub/sub message)."""
+
+    def __init__(self, port: int, timeout: float = 5.0):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.buf = b""
+
+    def send(self, *args: str | bytes) -> None:
+        parts = [b"*%d\r\n" % len(args)]
+        for a in args:
+            data = a.encode() if isinstance(a, str) else a
+            parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+        self.sock.sendall(b"".join(parts))
+
+    def call(self, *args: str | bytes):
+        self.send(*args)
+        return self.read()
+
+    def _line(self) -> bytes:
+        while b"\r\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("Redis closed the connection")
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line
+
+    def _exactly(self, n: int) -> bytes:
+        while len(self.buf) < n + 2:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("Redis closed the connection")
+            self.buf += chunk
+        data, self.buf = self.buf[:n], self.buf[n + 2 :]
+        return data
+
+    def read(self):
+        line = self._line()
+        kind, rest = line[:1], line[1:]
+        if kind == b"+":
+            return rest
+        if kind == b"-":
+            raise RespError(rest.decode(errors="replace"))
+        if kind == b":":
+            return int(rest)
+        if kind == b"$":
+            return None if int(rest) < 0 else self._exactly(int(rest))
+        if kind == b"*":
+            return None if int(rest) < 0 else [self.read() for _ in range(int(rest))]
+        raise ValueError(f"not a RESP2 reply: {line!r}")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 class Redis:
     """A redis-server process on 127.0.0.1:port that a test can kill, restart on the same port
     (empty: it keeps no data), pause and resume. `url` is what WS_BROKER_URL is set to."""
@@ -247,6 +308,17 @@ class Redis:
                 time.sleep(0.01)
                 continue
             return self.accepted_at
+
+    def connect(self) -> RespConn:
+        """A fresh RESP connection to this Redis, authenticated when it has a password."""
+        conn = RespConn(self.port)
+        if self.password:
+            conn.call("AUTH", self.password)
+        return conn
+
+    def call(self, *args: str | bytes):
+        with contextlib.closing(self.connect()) as conn:
+            return conn.call(*args)
 
     def kill(self) -> None:
         """SIGKILL: the broker vanishes at once, with its data."""

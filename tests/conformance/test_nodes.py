@@ -20,6 +20,7 @@ other builds; it is not a tolerance for the servers.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import re
 import threading
@@ -292,6 +293,61 @@ def test_conn_ids_are_node_scoped_and_welcome_counts_this_node_only(cluster):
             assert re.fullmatch(re.escape(node_id) + r":[0-9]+", c.conn_id), c.conn_id
         ids = [c.conn_id for c in (a1, b1, a2, b2, b3)]
         assert len(set(ids)) == len(ids), ids
+
+
+# --- the wire format in Redis (§5), seen from Redis's side ---------------------------------------
+
+SCRIPT = (
+    "local seq = redis.call('INCR', KEYS[1])\n"
+    "redis.call('EXPIRE', KEYS[1], 3600)\n"
+    "redis.call('PUBLISH', ARGV[3], ARGV[1] .. seq .. ARGV[2])\n"
+    "return seq\n"
+)  # PROTOCOL §5's block, each line ending in a newline
+
+
+def test_wire_format_as_redis_sees_it(cluster):
+    """The keys, channel, payload, script and subscriptions of §5, read from Redis itself: two
+    kinds of node that agreed with each other on a wrong format would pass every other test."""
+    redis = cluster.redis
+    a, b = cluster.nodes
+    sha = hashlib.sha1(SCRIPT.encode()).hexdigest()
+    unterminated = hashlib.sha1(SCRIPT.rstrip("\n").encode()).hexdigest()
+    room = unique_room()
+    with contextlib.closing(redis.connect()) as sub, Clients(a) as ca, Clients(b) as cb:
+        members = [ca.join(room), cb.join(room)]
+        # One pattern subscription per node, no per-room subscription, nothing else.
+        clients = [
+            dict(kv.split("=", 1) for kv in line.split())
+            for line in redis.call("CLIENT", "LIST").decode().splitlines()
+        ]
+        psubs = sorted(int(c["psub"]) for c in clients if c["psub"] != "0")
+        assert psubs == [1, 1], clients
+        assert all(c["sub"] == "0" for c in clients), clients
+        # Both nodes loaded the same script, PROTOCOL's text byte for byte.
+        assert redis.call("SCRIPT", "EXISTS", sha, unterminated) == [1, 0]
+
+        assert sub.call("PSUBSCRIBE", "wslab:room:*") == [b"psubscribe", b"wslab:room:*", 1]
+        for seq, sender in enumerate(members, start=1):
+            broadcast(sender, f"wire{seq}")
+            texts = [m.recv_raw() for m in members]
+            assert texts[0] == texts[1], texts
+            assert json.loads(texts[0])["seq"] == seq
+            channel = f"wslab:room:{room}".encode()
+            assert sub.read() == [b"pmessage", b"wslab:room:*", channel, texts[0].encode()]
+        assert redis.call("GET", f"wslab:seq:{room}") == b"2"
+        assert 3590 <= redis.call("TTL", f"wslab:seq:{room}") <= 3600
+        keys = redis.call("KEYS", "*")
+        assert all(k.startswith(b"wslab:seq:") for k in keys), keys  # nothing per node
+
+        # A flushed script cache: each node answers NOSCRIPT with EVAL of the same text.
+        redis.call("SCRIPT", "FLUSH")
+        for seq, sender in enumerate(members, start=3):
+            broadcast(sender, f"wire{seq}")
+            for m in members:
+                got = recv_broadcast(m)
+                assert (got["from"], got["seq"]) == (sender.conn_id, seq), got
+            assert sub.read()[2] == channel
+        assert redis.call("SCRIPT", "EXISTS", sha, unterminated) == [1, 0]
 
 
 # --- HTTP and metrics --------------------------------------------------------------------------
