@@ -565,6 +565,44 @@ def test_redis_paused_does_not_stall_local_work(topology):
             assert seen[0][-1] == seen[1][-1], seen
 
 
+def test_publish_queue_is_bounded(kind):
+    """§5 Pipelining: at most 4096 publishes per node wait for the broker; a broadcast that finds
+    the queue full is answered broker_unavailable at once (`overloaded`). With Redis paused,
+    nothing is answered, so the first 4096 wait (and are `lost` when the node gives up) and the
+    rest overflow. One node is enough: the queue is each node's own. Its WS_SEND_QUEUE is raised
+    so that the 4096 `lost` answers, which come at once, do not evict the member as a slow
+    consumer (§3)."""
+    bound, extra = 4096, 400
+    env = node_env("", new_node_id(kind)) | {"WS_SEND_QUEUE": str(2 * (bound + extra))}
+    with (
+        running_redis() as redis,
+        running_server(kind, env | {"WS_BROKER_URL": redis.url}) as node,
+        Clients(node) as cs,
+    ):
+        wait_all_ready([node])
+        member = cs.join(unique_room(), max_queue=None)  # reads every error as it comes
+        texts = [
+            json.dumps({"type": "broadcast", "user": "u", "text": "q", "ref": str(i)})
+            for i in range(bound + extra)
+        ]
+        redis.pause()
+        try:
+            for text in texts:
+                member.send_text(text)
+            errors = [member.recv_json(NOTICE_BOUND + SLACK) for _ in texts]
+        finally:
+            redis.resume()
+        for e in errors:
+            assert (e.get("type"), e.get("code")) == ("error", "broker_unavailable"), e
+        assert sorted(int(e["ref"]) for e in errors) == list(range(bound + extra))
+        counts = failures(node)
+        assert counts["lost"] == bound, counts
+        assert counts["overloaded"] >= 1, counts
+        assert sum(counts.values()) == bound + extra, counts
+        wait_state([node], up=True, timeout=RECOVERY_BOUND + SLACK)
+        member.assert_alive()
+
+
 def test_node_started_without_redis_serves_and_becomes_ready(topology):
     port = free_port()
     url = f"redis://127.0.0.1:{port}"  # no database: 0 by default
