@@ -18,6 +18,8 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import re
+import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -146,6 +148,12 @@ MAX_SAFE_INT = 2**53 - 1
 def unique_room() -> str:
     """A fresh room name, so tests sharing one server never share a room (or its seq)."""
     return "t" + uuid.uuid4().hex[:16]
+
+
+def default_node_id(pid: int) -> str:
+    """PROTOCOL.md §1: the host name's first 20 characters, any character outside
+    [A-Za-z0-9_.-] replaced by `-`, then `-` and the process id."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname()[:20]) + f"-{pid}"
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = TIMEOUT, interval: float = 0.05):

@@ -4,8 +4,6 @@ against each other (that test starts one of each and needs both built)."""
 from __future__ import annotations
 
 import math
-import re
-import socket
 
 from harness import running_server
 
@@ -18,6 +16,7 @@ from .support import (
     REASONS,
     REQUIRED_PROCESS_FAMILIES,
     Family,
+    default_node_id,
     le_value,
     parse_metrics,
     scrape,
@@ -37,12 +36,6 @@ def shape(fam: Family) -> dict:
         )
         series.add((sname, norm))
     return {"type": fam.type, "help": fam.help, "series": series}
-
-
-def default_node_id(pid: int) -> str:
-    """PROTOCOL.md §1: the host name's first 20 characters, any character outside
-    [A-Za-z0-9_.-] replaced by `-`, then `-` and the process id."""
-    return re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname()[:20]) + f"-{pid}"
 
 
 def test_families_match_the_contract_on_a_fresh_server(server):

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import pytest
 from harness import (
     Redis,
+    RespConn,
     Server,
     free_port,
     run_config_check,
@@ -47,6 +48,7 @@ from .support import (
     OP_TEXT,
     Client,
     Clients,
+    default_node_id,
     http_request,
     parse_metrics,
     sample,
@@ -695,9 +697,8 @@ def test_empty_node_id_is_unset_and_32_characters_are_allowed(kind):
         Clients(named) as cn,
     ):
         wait_all_ready([dflt, named])
-        default_id = r"[A-Za-z0-9_.-]{1,20}-" + str(dflt.proc.pid)
         conn_id = cd.join().conn_id
-        assert re.fullmatch(default_id + r":[0-9]+", conn_id), conn_id
+        assert re.fullmatch(re.escape(default_node_id(dflt.proc.pid)) + r":[0-9]+", conn_id)
         assert re.fullmatch(re.escape(long_id) + r":[0-9]+", cn.join().conn_id)
         info = scrape(dflt)["ws_node_info"].samples
         assert info[0][1]["node_id"] == conn_id.split(":")[0], info
@@ -725,7 +726,11 @@ def test_password_works_and_is_never_shown(topology):
             assert_broker_unavailable(json.loads(seen[-1]), "gap")
             # Back with another password: every reconnection fails to authenticate.
             c.redis.start(password="other-pw")
-            time.sleep(1.5)
+            with contextlib.closing(RespConn(c.redis.port)) as admin:
+                admin.call("AUTH", "other-pw")
+                # Redis logs each refused AUTH (ACL LOG): the nodes did try, with the old one.
+                tried = wait_for(lambda: admin.call("ACL", "LOG"), RECOVERY_BOUND + SLACK)
+                assert tried, "no node tried to authenticate against the restarted Redis"
             assert [readyz(n)[0] for n in c.nodes] == [503, 503]
             broadcast(mb, "still", "still")
             seen.append(mb.recv_raw())
