@@ -23,6 +23,7 @@ import contextlib
 import hashlib
 import json
 import re
+import signal
 import threading
 import time
 import uuid
@@ -628,15 +629,26 @@ def test_node_started_without_redis_serves_and_becomes_ready(topology):
                 assert_cross_node_broadcast_works(members, members[0], 1)
 
 
-def test_a_node_killed_leaves_the_others_talking(topology):
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+def test_a_node_gone_leaves_the_others_talking(topology, how):
+    """§5 A node killed: the other node's members keep talking without a pause. §5 What stays
+    per node: SIGTERM closes the node's own members with 1001, and it exits 0 (§3 Shutdown)."""
     with running_cluster(topology) as c:
         a, b = c.nodes
         room = unique_room()
         with Clients(a) as ca, Clients(b) as cb:
             ma, b1, b2 = ca.join(room), cb.join(room), cb.join(room)
             assert_cross_node_broadcast_works([ma, b1, b2], ma, 1)
-            a.proc.kill()
-            a.proc.wait()
+            if how == "SIGKILL":
+                a.proc.kill()
+                a.proc.wait()
+            else:
+                t0 = time.monotonic()
+                a.proc.send_signal(signal.SIGTERM)
+                assert ma.wait_closed_by_server() == []
+                assert ma.close_rcvd_code == 1001
+                assert a.proc.wait(timeout=8) == 0
+                assert time.monotonic() - t0 < 6.5
             before = failures(b)
             t0 = time.monotonic()
             seq = 2
