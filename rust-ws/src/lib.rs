@@ -90,10 +90,11 @@ pub fn rocket(config: Config) -> Rocket<Build> {
             Box::pin(async move {
                 let rc = rocket.config();
                 log_info!(
-                    "listening on http://{} (server=rust-ws backlog={} WS_MAX_MESSAGE_BYTES={} \
+                    "listening on http://{} (server=rust-ws profile={} backlog={} WS_MAX_MESSAGE_BYTES={} \
                      WS_SEND_QUEUE={} WS_PING_INTERVAL_SECS={} WS_PING_TIMEOUT_SECS={} \
                      WS_MAX_CONNECTIONS={} WS_HEADER_TIMEOUT_SECS={} LOG_LEVEL={} workers={})",
                     SocketAddr::new(rc.address, rc.port),
+                    metrics::BUILD_PROFILE,
                     listen_backlog::LISTEN_BACKLOG,
                     config.max_message_bytes,
                     config.send_queue,
