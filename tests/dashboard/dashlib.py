@@ -20,10 +20,10 @@ product's rules. The targets become:
 Any other job in prometheus.yml makes the generator fail, so a new job can't slip past the test.
 
 The scaled lab's other processes run natively too, each on free loopback ports: Debian's
-redis-server, prometheus-redis-exporter and HAProxy (`running_redis`, `running_redis_exporter`,
-`running_haproxy`). HAProxy runs haproxy/haproxy.cfg itself, with only what needs Docker
-replaced (`haproxy_config`): static servers where compose fills slots from Docker's DNS, and
-loopback ports.
+redis-server (tests/harness.py's `running_redis`), prometheus-redis-exporter and HAProxy
+(`running_redis_exporter`, `running_haproxy` here). HAProxy runs haproxy/haproxy.cfg itself,
+with only what needs Docker replaced (`haproxy_config`): static servers where compose fills slots
+from Docker's DNS, and loopback ports.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ import math
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -60,7 +59,6 @@ DATASOURCES = GRAFANA / "provisioning" / "datasources" / "prometheus.yml"
 DASH_PROVIDERS = GRAFANA / "provisioning" / "dashboards" / "wslab.yml"
 
 PROMTOOL = os.environ.get("PROMTOOL", "/usr/bin/promtool")
-REDIS_SERVER = os.environ.get("REDIS_SERVER", "redis-server")
 REDIS_EXPORTER = os.environ.get("REDIS_EXPORTER", "/usr/bin/prometheus-redis-exporter")
 HAPROXY = os.environ.get("HAPROXY", "haproxy")
 HAPROXY_CFG = REPO / "haproxy" / "haproxy.cfg"
@@ -345,21 +343,6 @@ def running_process(
                 proc.wait()
         log.close()
         os.unlink(log.name)
-
-
-def redis_ping(port: int) -> bool:
-    with socket.create_connection(("127.0.0.1", port), timeout=1.0) as s:
-        s.sendall(b"PING\r\n")
-        return s.recv(16).startswith(b"+PONG")
-
-
-@contextlib.contextmanager
-def running_redis(port: int) -> Iterator[subprocess.Popen]:
-    """Debian's redis-server on 127.0.0.1:port, keeping nothing on disk, as compose runs it."""
-    cmd = [REDIS_SERVER, "--bind", "127.0.0.1", "--port", str(port)]
-    cmd += ["--save", "", "--appendonly", "no", "--dir", tempfile.gettempdir()]
-    with running_process("redis-server", cmd, lambda: redis_ping(port)) as proc:
-        yield proc
 
 
 def http_ok(url: str, contains: str = "") -> bool:

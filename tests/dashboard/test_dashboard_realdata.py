@@ -61,14 +61,13 @@ from dashlib import (
     load_yaml,
     running_haproxy,
     running_prometheus,
-    running_redis,
     running_redis_exporter,
     series_server,
     substitute,
     wait_until,
     without_targets,
 )
-from harness import KINDS, SERVER_NAMES, free_port, http_get, running_server
+from harness import KINDS, SERVER_NAMES, free_port, http_get, running_redis, running_server
 from websockets.sync.client import connect
 
 K6 = os.environ.get("K6_BIN", str(REPO / ".venv" / "bin" / "k6"))
@@ -140,8 +139,7 @@ def proof():
         time.sleep(max(0.0, one_start + 16 - time.time()))
         one_end = time.time()
 
-        stack.enter_context(running_redis(redis_port))
-        broker = f"redis://127.0.0.1:{redis_port}/0"
+        broker = stack.enter_context(running_redis(redis_port)).url
         nodes = {kind: [] for kind in KINDS}
         for kind in KINDS:
             for i, port in enumerate(node_ports[kind], start=1):
