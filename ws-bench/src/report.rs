@@ -339,6 +339,10 @@ pub struct Report {
     pub server_cpu_sys_pct: Option<f64>,
     /// When only the sum is known (Prometheus), it goes here and user/sys stay empty.
     pub server_cpu_total_pct: Option<f64>,
+    /// Seconds over which the CPU figures were measured (the window, a broadcast's drain
+    /// included): percent × this ÷ 100 = CPU seconds.
+    #[serde(default)]
+    pub cpu_window_s: f64,
     pub client_cpu_pct: f64,
     pub client_cores: u64,
     pub client_threads: u64,

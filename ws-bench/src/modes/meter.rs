@@ -45,6 +45,7 @@ impl Meter {
     pub async fn finish(self, ctx: &Ctx, r: &mut Report) -> Duration {
         let wall = self.t0.elapsed();
         let client = (sys::self_cpu_seconds() - self.client0).max(0.0);
+        r.cpu_window_s = wall.as_secs_f64();
         ctx.count_spread(r);
         let mut cpus = Vec::new();
         for (k, (n, c0)) in ctx.nodes.iter().zip(self.server0).enumerate() {
