@@ -159,16 +159,6 @@ class Cluster:
         except psutil.Error:
             return None
 
-    def rss(self) -> int:
-        """RSS of every process of the cluster now, Redis's included."""
-        total = 0
-        for p in [*self.procs, *([self.redis] if self.redis else [])]:
-            try:
-                total += psutil.Process(p.pid).memory_info().rss
-            except psutil.Error:
-                pass
-        return total
-
     def stop(self) -> None:
         for p in [*self.procs, *([self.redis] if self.redis else [])]:
             if p.poll() is None:

@@ -3,10 +3,13 @@
 # (bench/plot.py), rust-ws and python-ws one after the other, on loopback, measured with ws-bench.
 # Writes bench/results/<UTC date>.md, its plots (<date>-*.png) and the raw JSON lines beside it.
 #
-#   bench/run.sh                      # everything, full size (~40 min after the build)
-#   bench/run.sh --quick              # the whole pipeline at toy sizes (~6 min), into
+#   bench/run.sh                      # everything, full size (~70 min after the build)
+#   bench/run.sh --quick              # the whole pipeline at toy sizes (~15 min), into
 #                                     # bench/results/quick/: proves it works, measures nothing
 #   SWEEPS="" bench/run.sh            # the matrix only (~5 min)
+#   SWEEPS="nodes multicore" bench/run.sh   # the matrix, then only the cluster sweeps (~35 min):
+#                                     # nodes on one Redis (Debian's redis-server) and the fair
+#                                     # multi-core row
 #   DURATION=5 HOLD_SECS=5 bench/run.sh   # shorter matrix runs, same connection counts
 #
 # Each server runs alone, pinned to CPU 0; ws-bench is pinned to CPU 1 so the client cannot steal
@@ -20,7 +23,7 @@ QUICK=${QUICK:-0}
 for arg in "$@"; do
   case "$arg" in
     --quick) QUICK=1 ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown argument $arg (only --quick)" >&2; exit 2 ;;
   esac
 done
@@ -32,7 +35,7 @@ if [[ "$QUICK" == 1 ]]; then
   OUT=${OUT:-$ROOT/bench/results/quick/$(date -u +%Y-%m-%d).md}
 fi
 # Issue 13's sweeps, by name (bench/sweep.py); empty = the matrix only.
-SWEEPS=${SWEEPS-conns paths fanout msgsize knee-echo knee-broadcast capacity}
+SWEEPS=${SWEEPS-conns paths fanout msgsize knee-echo knee-broadcast capacity nodes multicore}
 SLO_ECHO_MS=${SLO_ECHO_MS:-50}
 SLO_BROADCAST_MS=${SLO_BROADCAST_MS:-250}
 
@@ -106,6 +109,12 @@ fi
 if [[ -n "$SWEEPS" ]]; then
   "$PYTHON" -c 'import matplotlib' 2>/dev/null || {
     echo "run.sh: $PYTHON cannot import matplotlib; run: $PYTHON -m pip install -r bench/requirements.txt" >&2
+    exit 1
+  }
+fi
+if [[ " $SWEEPS " == *" nodes "* || " $SWEEPS " == *" multicore "* ]]; then
+  command -v redis-server >/dev/null || {
+    echo "run.sh: the nodes and multicore sweeps need redis-server: apt-get install redis-server" >&2
     exit 1
   }
 fi

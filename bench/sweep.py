@@ -323,7 +323,7 @@ def cluster_steps(a: argparse.Namespace, sweep: str) -> list[tuple[Setup, Step]]
     if sweep == "nodes":
         conns = 100 if q else 1000
         rates = a.node_rates or (
-            [1000, 2000, 4000] if q else [5000, 10000, 20000, 40000, 80000, 160000, 320000]
+            [1000, 4000] if q else [5000, 10000, 20000, 40000, 80000, 160000, 320000]
         )
         for server in a.servers.split():
             for setup in node_setups(a, server):
