@@ -9,9 +9,10 @@
 //! | module | job |
 //! |---|---|
 //! | `config` | `WS_*`/`LOG_LEVEL` parsing and ranges (exit 2 lives in main.rs) |
-//! | `routes` | `/ws` upgrade checks (400: room, HTTP/1.0, key, body; 503: capacity), `/metrics`, `/healthz` |
+//! | `routes` | `/ws` upgrade checks (400: room, HTTP/1.0, key, body; 503: capacity), `/metrics`, `/healthz`, `/readyz` |
 //! | `connection` | one session: read loop, writer, keepalive, `Ending` |
 //! | `hub` | rooms, membership, fan-out, outboxes, eviction, shutdown kill |
+//! | `broker` | with `WS_BROKER_URL`: the Redis publisher/subscriber of §5 and its up/down cycle |
 //! | `protocol` | parse, validate, serialise, error details |
 //! | `metrics` | the metric families and their rendering |
 //! | `healthcheck` | the `--healthcheck` client |
@@ -30,6 +31,7 @@ use rocket::fairing::AdHoc;
 use rocket::figment::Figment;
 use rocket::{Build, Rocket};
 
+pub mod broker;
 pub mod codeless_close;
 pub mod config;
 pub mod connection;
@@ -47,21 +49,39 @@ pub mod write_batch;
 pub use config::{Config, LogLevel};
 pub use metrics::Metrics;
 
+use broker::Broker;
 use hub::Hub;
 
 /// State shared by every route and connection of one server instance.
 pub struct Server {
     pub config: Config,
     pub metrics: Arc<Metrics>,
-    pub hub: Hub,
+    pub hub: Arc<Hub>,
+    /// `Some` with `WS_BROKER_URL`: broadcasts go through Redis (PROTOCOL.md §5).
+    pub broker: Option<Arc<Broker>>,
     /// Connections open or being upgraded; what WS_MAX_CONNECTIONS limits.
     open: AtomicUsize,
 }
 
 impl Server {
     pub fn new(config: Config, metrics: Arc<Metrics>) -> Server {
+        let broker_kind = if config.broker_url.is_some() {
+            "redis"
+        } else {
+            "none"
+        };
+        metrics.set_node_info(&config.node_id, broker_kind);
+        let (hub, broker) = match &config.broker_url {
+            None => (Arc::new(Hub::new(config.send_queue)), None),
+            Some(url) => {
+                let hub = Arc::new(Hub::with_node(config.send_queue, &config.node_id));
+                let broker = Broker::new(url.clone(), hub.clone(), metrics.clone());
+                (hub, Some(Arc::new(broker)))
+            }
+        };
         Server {
-            hub: Hub::new(config.send_queue),
+            hub,
+            broker,
             config,
             metrics,
             open: AtomicUsize::new(0),
@@ -78,6 +98,11 @@ impl Server {
             })
             .ok()?;
         Some(Slot(self.clone()))
+    }
+
+    /// `/readyz`: no broker, or its connections up and subscribed.
+    pub fn ready(&self) -> bool {
+        self.broker.as_ref().is_none_or(|b| b.is_up())
     }
 
     pub fn open_connections(&self) -> usize {
@@ -144,6 +169,7 @@ pub fn rocket(config: Config) -> Rocket<Build> {
     let metrics = Arc::new(Metrics::new());
     let server = Arc::new(Server::new(config.clone(), metrics.clone()));
     let on_shutdown = server.clone();
+    let broker = server.broker.clone();
 
     rocket::custom(figment(&config))
         .manage(metrics)
@@ -156,10 +182,15 @@ pub fn rocket(config: Config) -> Rocket<Build> {
         .attach(AdHoc::on_liftoff("start-up line", move |rocket| {
             Box::pin(async move {
                 let rc = rocket.config();
+                let broker_url = config
+                    .broker_url
+                    .as_ref()
+                    .map_or("none".to_string(), |u| u.to_string());
                 log_info!(
                     "listening on http://{} (server=rust-ws backlog={} WS_MAX_MESSAGE_BYTES={} \
                      WS_SEND_QUEUE={} WS_PING_INTERVAL_SECS={} WS_PING_TIMEOUT_SECS={} \
-                     WS_MAX_CONNECTIONS={} WS_HEADER_TIMEOUT_SECS={} LOG_LEVEL={} workers={})",
+                     WS_MAX_CONNECTIONS={} WS_HEADER_TIMEOUT_SECS={} LOG_LEVEL={} workers={} \
+                     WS_NODE_ID={} WS_BROKER_URL={})",
                     SocketAddr::new(rc.address, rc.port),
                     listen_backlog::LISTEN_BACKLOG,
                     config.max_message_bytes,
@@ -170,7 +201,14 @@ pub fn rocket(config: Config) -> Rocket<Build> {
                     config.header_timeout_secs,
                     config.log_level.as_str(),
                     rc.workers,
+                    config.node_id,
+                    broker_url,
                 );
+                // After the start-up line, so "broker up" follows it; the node serves local
+                // work whether or not Redis is there yet (PROTOCOL.md §5).
+                if let Some(broker) = broker {
+                    tokio::spawn(broker.run());
+                }
             })
         }))
         .attach(AdHoc::on_shutdown(
@@ -179,6 +217,9 @@ pub fn rocket(config: Config) -> Rocket<Build> {
                 Box::pin(async move {
                     // Detached connection tasks don't see Rocket's shutdown: tell each one.
                     on_shutdown.hub.shutdown();
+                    if let Some(broker) = &on_shutdown.broker {
+                        broker.shutdown();
+                    }
                 })
             },
         ))
