@@ -267,7 +267,6 @@ impl Broker {
             self.set_up(true);
             log_info!("broker {} up: subscribed to {PATTERN}", self.url);
             let ended = self.serve(conn, stream, &sha, &mut rx).await;
-            self.set_up(false);
             // Whatever got into the queue while we were up and is still there: lost with the rest.
             while let Ok(p) = rx.try_recv() {
                 self.resolve(p, Err(PublishFailure::Lost));
@@ -368,7 +367,7 @@ impl Broker {
                             waiting.push_back(p);
                         }
                         Err(e) => {
-                            self.resolve(p, Err(PublishFailure::Lost));
+                            waiting.push_front(p);
                             break Ended::Down(format!("a publish failed: {e}"));
                         }
                     }
@@ -397,6 +396,12 @@ impl Broker {
                 },
             }
         };
+        // Down before anyone hears of it: a sender told `lost` finds `/readyz` at 503, and
+        // broadcasts from now on are answered `unavailable` without entering the queue.
+        self.set_up(false);
+        drop(in_flight);
+        drop(conn);
+        drop(stream);
         // Sent and not confirmed: maybe delivered, maybe not.
         for p in waiting {
             self.resolve(p, Err(PublishFailure::Lost));
