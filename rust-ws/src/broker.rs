@@ -350,8 +350,8 @@ impl Broker {
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let ended = loop {
+            // Not `biased`: a busy subscription must not starve the publishes, nor they it.
             tokio::select! {
-                biased;
                 _ = self.stop.notified() => break Ended::Stopped,
                 msg = stream.next() => match msg {
                     Some(msg) => self.deliver(&msg),
