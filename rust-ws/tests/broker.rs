@@ -80,7 +80,12 @@ struct Node {
 }
 
 fn node(broker_url: &str, node_id: &str) -> Node {
+    node_with(broker_url, node_id, &[])
+}
+
+fn node_with(broker_url: &str, node_id: &str, env: &[(&str, &str)]) -> Node {
     let mut child = Command::new(BIN)
+        .envs(env.iter().copied())
         .env("WS_HOST", "127.0.0.1")
         .env("WS_PORT", "0")
         .env("WS_BROKER_URL", broker_url)
@@ -426,6 +431,60 @@ async fn a_paused_redis_is_noticed_and_waiting_publishes_are_lost() {
     n.wait_metric("ws_broker_up", 1.0, RECOVERY);
     send(&mut ws, broadcast("x", "back")).await;
     assert_eq!(recv(&mut ws).await["ref"], "back");
+}
+
+/// At most 4096 publishes wait for the broker: with Redis paused, a burst past that is answered
+/// `overloaded` at once, and the 4096 that waited are answered `lost` when the node gives up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_waiting_for_the_broker_are_bounded() {
+    const BURST: usize = 5000;
+    let redis_port = free_port();
+    let redis_proc = redis(redis_port, None);
+    // Room in the sender's own queue for every answer, so it is not evicted as slow.
+    let n = node_with(
+        &format!("redis://127.0.0.1:{redis_port}"),
+        "bounded",
+        &[("WS_SEND_QUEUE", "16384")],
+    );
+    n.wait_metric("ws_broker_up", 1.0, RECOVERY);
+    let (ws, _) = connect(n.port, "b").await;
+    let (mut sink, mut stream) = ws.split();
+
+    signal(&redis_proc.0, "-STOP");
+    let writer = tokio::spawn(async move {
+        for i in 0..BURST {
+            let msg = broadcast("x", &i.to_string()).to_string();
+            sink.feed(Message::text(msg)).await.unwrap();
+        }
+        sink.flush().await.unwrap();
+        sink
+    });
+    let mut refs = std::collections::BTreeSet::new();
+    while refs.len() < BURST {
+        let got: Value = match tokio::time::timeout(TIMEOUT, stream.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => serde_json::from_str(t.as_str()).unwrap(),
+            other => panic!("after {} answers: {other:?}", refs.len()),
+        };
+        assert_eq!(got["code"], "broker_unavailable", "{got}");
+        assert!(refs.insert(got["ref"].as_str().unwrap().to_string()));
+    }
+    let _sink = writer.await.unwrap();
+    let lost = n.metric("ws_broker_publish_failures_total{reason=\"lost\"}");
+    let overloaded = n.metric("ws_broker_publish_failures_total{reason=\"overloaded\"}");
+    let unavailable = n.metric("ws_broker_publish_failures_total{reason=\"unavailable\"}");
+    eprintln!("lost {lost} overloaded {overloaded} unavailable {unavailable}");
+    assert_eq!(lost + overloaded + unavailable, BURST as f64);
+    assert!(lost <= 4096.0, "lost {lost}");
+    if unavailable == 0.0 {
+        // The whole burst came while the node still waited: exactly the bound waited.
+        assert_eq!((lost, overloaded), (4096.0, (BURST - 4096) as f64));
+    }
+    assert!(
+        overloaded >= (BURST - 4096) as f64 - unavailable,
+        "overloaded {overloaded}"
+    );
+    signal(&redis_proc.0, "-CONT");
+    n.wait_metric("ws_broker_up", 1.0, RECOVERY);
 }
 
 /// An invalid broker URL is a config error: exit 2, one stderr line, the password as `***`.
