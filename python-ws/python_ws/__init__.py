@@ -1,7 +1,7 @@
 """python-ws: wslab's Tornado WebSocket server, the Python twin of rust-ws (see PROTOCOL.md).
 
-Modules mirror rust-ws/src one for one (issue 11): app, routes, connection, hub, protocol,
-config, metrics, healthcheck, plus one file per library workaround (tornado_close_codes).
+Each module's header names its rust-ws twin (or says why it has none); the map of both servers'
+files is the twins table in the repository's README.md.
 
 Twin: rust-ws/src/lib.rs (the crate root; `make_app` is in app.py)
 """

@@ -3,17 +3,17 @@
 Tornado's accept handler (`tornado.netutil.add_accept_handler`, used by `HTTPServer.add_sockets`)
 lets `EMFILE`/`ENFILE` escape from `accept()`. The pending connection stays in the listen queue,
 so the listening socket stays readable and the event loop calls the handler again at once: a busy
-loop that logs a traceback per turn (83% CPU and 163,000 tracebacks in 90 s, issue 15) while the
+loop that logs a traceback per turn (measured: 83% CPU and 163,000 tracebacks in 90 s) while the
 connections already open starve. PROTOCOL.md §2 (Out of file descriptors) asks for a back-off of
 at most 1 s, one warning per 10 s naming the limit, and service as usual for open connections.
 
 `Acceptor` is Tornado's accept loop with that added: on a resource error it stops watching the
 socket for `BACKOFF_SECS`, then tries again. What it accepts goes to the server's own
 `_handle_connection`, exactly where Tornado's handler sends it (tornado is pinned exactly in
-pyproject.toml for this and for tornado_close_codes.py).
+pyproject.toml for this and for the WebSocket workarounds that connection.py composes).
 
-Twin: Rocket's accept loop (rocket_http's `Incoming`), which sleeps 250 ms after such an error;
-rust-ws adds the rate-limited warning.
+Twin: rust-ws/src/accept.rs (Rocket's accept loop, rocket_http's `Incoming`, sleeps 250 ms after
+such an error; rust-ws adds the rate-limited warning there).
 """
 
 from __future__ import annotations

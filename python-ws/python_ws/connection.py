@@ -1,96 +1,111 @@
-"""One WebSocket session: the read path, the writer, keepalive, and how the connection ended.
+"""One WebSocket session: the read path, the writer, and how the connection ended.
 
 Tornado's WebSocketHandler is the session, one instance per connection. The read path
 (`on_message`) is synchronous on purpose: it is a plain `def`, so the two histograms time the work
 itself with `with histogram.time():` blocks, never the creation of a coroutine
 (prometheus/client_python#535). The writer (`write_queued`) empties the outbound queue the hub
-fills, handing the socket every queued frame in one write (up to `BATCH_BYTES`): Tornado writes
-each `_write_frame` call to the socket at once, one `send` per message. The queue holds finished
-frames (`text_frame`), so a broadcast is framed once for all its recipients. A connection's
-queue is written after each incoming message (see `on_message`), so in a closed-loop broadcast it
-usually holds one frame then: the batching pays when a reader falls behind. Keepalive runs in
-`tornado_close_codes.CloseCodesProtocol`, which reports a silent peer here.
+fills (the connection is the hub's `Outbox`), handing the socket every queued frame in one write
+(up to `BATCH_BYTES`): Tornado writes each `_write_frame` call to the socket at once, one `send`
+per message. The queue holds finished frames (`hub.text_frame`), so a broadcast is framed once
+for all its recipients. A connection's queue is written after each incoming message (see
+`on_message`), so in a closed-loop broadcast it usually holds one frame then: the batching pays
+when a reader falls behind.
 
-`Ending` is the one place that decides how a connection ended and which
-`ws_closed_conns_errors_total{reason}` that counts: every path records its ending through
-`Connection.end`, and only the first one recorded counts.
+Beneath the session, `WsProtocol` is Tornado's RFC 6455 implementation with one layer per Tornado
+workaround (`unmasked_frames`, `ping_timeout`, `codeless_close`, `bad_frame_abort`,
+`close_linger`). Each reports what it saw on the wire to this connection and sends nothing of its
+own accord.
+
+`Connection.end` is the one place that decides how a connection ended: which
+`ws_closed_conns_errors_total{reason}` it counts and which close frame (if any) the server sends.
+Every path records its ending there, the hub's `Kill` included; only the first one counts.
 
 Twin: rust-ws/src/connection.rs
 """
 
 from __future__ import annotations
 
-import collections
 import enum
-import struct
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import tornado.websocket
 from tornado.concurrent import Future
 from tornado.iostream import StreamClosedError
-from tornado.websocket import _WebSocketParams
+from tornado.websocket import WebSocketHandler, WebSocketProtocol13, _WebSocketParams
 
 from . import protocol
-from .tornado_close_codes import CloseCodesProtocol
-
-if TYPE_CHECKING:
-    from .hub import Hub, Room
+from .bad_frame_abort import BadFrameAbort
+from .close_linger import CloseLinger
+from .codeless_close import CodelessClose
+from .hub import Hub, Kill, Outbox
+from .ping_timeout import PingTimeout
+from .unmasked_frames import UnmaskedFrames
 
 # The most one socket write carries; a longer queue goes out in several. The same figure as
 # rust-ws's write_batch.rs.
 BATCH_BYTES = 64 * 1024
 
 
-def text_frame(payload: bytes) -> bytes:
-    """A final, unmasked text frame (RFC 6455 §5.2), as a server sends it: the same bytes for
-    every recipient, so a broadcast is framed once."""
-    n = len(payload)
-    if n < 126:
-        return struct.pack("!BB", 0x81, n) + payload
-    if n <= 0xFFFF:
-        return struct.pack("!BBH", 0x81, 126, n) + payload
-    return struct.pack("!BBQ", 0x81, 127, n) + payload
-
-
 class Ending(enum.Enum):
     """How a connection ended. `reason` is its ws_closed_conns_errors_total label, or None when
     the ending is not abnormal and counts nothing."""
 
-    CLIENT_CLOSE = "client_close"  # the client started the close handshake
-    SHUTDOWN = "shutdown"  # the server's 1001 at SIGTERM/SIGINT
-    ABNORMAL = "abnormal"  # the TCP connection ended without a close handshake
-    PROTOCOL = "protocol"  # the client broke the WebSocket protocol: 1002 or 1007
-    TOO_LARGE = "too_large"  # a message over WS_MAX_MESSAGE_BYTES: 1009
-    SLOW_CONSUMER = "slow_consumer"  # its outbound queue was full: 1008
-    PING_TIMEOUT = "ping_timeout"  # no pong within WS_PING_TIMEOUT_SECS
-    SEND_FAILED = "send_failed"  # a write to the open socket failed
+    CLIENT_CLOSE = enum.auto()  # the client started the close handshake
+    SHUTDOWN = enum.auto()  # SIGTERM/SIGINT
+    ABNORMAL = enum.auto()  # the TCP connection ended without a close handshake
+    PROTOCOL = enum.auto()  # the client broke the WebSocket protocol
+    INVALID_PAYLOAD = enum.auto()  # text (or a close reason) that is not UTF-8
+    TOO_LARGE = enum.auto()  # a message over WS_MAX_MESSAGE_BYTES
+    SLOW_CONSUMER = enum.auto()  # its outbound queue was full
+    PING_TIMEOUT = enum.auto()  # no pong within WS_PING_TIMEOUT_SECS
+    SEND_FAILED = enum.auto()  # a write to the open socket failed
 
     @property
     def reason(self) -> str | None:
-        return None if self in (Ending.CLIENT_CLOSE, Ending.SHUTDOWN) else self.value
+        return _REASONS[self]
 
 
-class Connection(tornado.websocket.WebSocketHandler):
+_REASONS: dict[Ending, str | None] = {
+    Ending.CLIENT_CLOSE: None,
+    Ending.SHUTDOWN: None,
+    Ending.ABNORMAL: "abnormal",
+    Ending.PROTOCOL: "protocol",
+    Ending.INVALID_PAYLOAD: "protocol",
+    Ending.TOO_LARGE: "too_large",
+    Ending.SLOW_CONSUMER: "slow_consumer",
+    Ending.PING_TIMEOUT: "ping_timeout",
+    Ending.SEND_FAILED: "send_failed",
+}
+_KILLED = {Kill.SLOW_CONSUMER: Ending.SLOW_CONSUMER, Kill.SHUTDOWN: Ending.SHUTDOWN}
+
+
+class WsProtocol(
+    UnmaskedFrames, PingTimeout, CodelessClose, BadFrameAbort, CloseLinger, WebSocketProtocol13
+):
+    """Tornado's RFC 6455 implementation with the workarounds PROTOCOL.md §3 needs; it reports
+    to `report` (the connection) and closes only when the connection tells it how."""
+
+    def __init__(
+        self, handler: WebSocketHandler, params: _WebSocketParams, report: Connection
+    ) -> None:
+        super().__init__(handler, False, params)
+        self.report = report
+
+
+class Connection(tornado.websocket.WebSocketHandler, Outbox):
     """One open WebSocket session; the hub keeps it in its room and fills its queue."""
 
     def initialize(self, hub: Hub) -> None:
         self.hub = hub
         self.metrics = hub.metrics
         self.room_name = ""  # the route sets it before the upgrade
-        self.protocol: CloseCodesProtocol | None = None
-        # Set by Hub.join when the upgrade completes.
-        self.id = ""
-        self.room: Room | None = None
-        # The outbound queue: text frames not yet handed to the socket, plus at most one batch
-        # of `inflight_count` frames that the socket has not fully taken yet (`inflight`).
-        self.queue: collections.deque[bytes] = collections.deque()
-        self.inflight: Future[None] | None = None
-        self.inflight_count = 0
-        self.flush_scheduled = False
-        # How the connection ended, once something decided it; nothing more is queued after.
+        self.protocol: WsProtocol | None = None
+        # How the connection ended, once something decided it.
         self.ending: Ending | None = None
+        # The outbox (id, room, queue, inflight) was set up by Outbox.__init__, which
+        # RequestHandler.__init__ reaches through super().
 
-    def get_websocket_protocol(self) -> CloseCodesProtocol | None:
+    def get_websocket_protocol(self) -> WsProtocol | None:
         if self.request.headers.get("Sec-WebSocket-Version") != "13":
             return None
         params = _WebSocketParams(
@@ -99,7 +114,7 @@ class Connection(tornado.websocket.WebSocketHandler):
             max_message_size=self.max_message_size,
             compression_options=self.get_compression_options(),
         )
-        self.protocol = CloseCodesProtocol(self, params, report=self)
+        self.protocol = WsProtocol(self, params, report=self)
         return self.protocol
 
     def open(self, *args: Any, **kwargs: Any) -> None:
@@ -140,16 +155,9 @@ class Connection(tornado.websocket.WebSocketHandler):
         if req.type == "echo":
             hub.enqueue(self, payload)
             return
-        with m.broadcast.time():
-            hub.fan_out(room, payload)
+        hub.broadcast(self, req.ref, room, payload)
 
     # --- the writer -------------------------------------------------------------------------
-
-    def pending(self) -> int:
-        """Messages queued for this connection that are not yet written to its socket."""
-        inflight = self.inflight
-        busy = inflight is not None and not inflight.done()
-        return len(self.queue) + (self.inflight_count if busy else 0)
 
     def write_queued(self) -> None:
         """Write queued frames to the socket, many per write, until the socket stops taking
@@ -201,13 +209,43 @@ class Connection(tornado.websocket.WebSocketHandler):
 
     # --- how the connection ended -----------------------------------------------------------
 
-    def end(self, ending: Ending) -> None:
-        """Record how this connection ended; only the first ending recorded counts."""
-        if self.ending is None:
-            self.ending = ending
-            reason = ending.reason
-            if reason is not None:
-                self.metrics.closed_by_reason[reason].inc()
+    def end(self, ending: Ending, detail: str = "") -> None:
+        """Record how this connection ended, count it, and close the way that ending calls for;
+        only the first ending recorded counts and closes. `detail` is the close frame's text for
+        a protocol error."""
+        if self.ending is not None:
+            return
+        self.ending = ending
+        self.shut()
+        reason = ending.reason
+        if reason is not None:
+            self.metrics.closed_by_reason[reason].inc()
+        proto = self.protocol
+        if proto is None:
+            return
+        # The close frame each ending calls for (PROTOCOL.md §3).
+        if ending is Ending.CLIENT_CLOSE:
+            # The client's code echoed, 1000 when its close frame had none.
+            code = proto.close_code
+            proto.answer_close(1000 if code is None else code)
+        elif ending is Ending.SLOW_CONSUMER:
+            self.close(1008, "slow consumer")
+        elif ending is Ending.SHUTDOWN:
+            self.close(1001, "server shutting down")
+        elif ending is Ending.PROTOCOL:
+            proto.fail(1002, detail)
+        elif ending is Ending.INVALID_PAYLOAD:
+            proto.fail(1007, detail)
+        elif ending is Ending.TOO_LARGE:
+            proto.fail(1009, "message too big")
+        elif ending is Ending.PING_TIMEOUT:
+            # No close frame: the peer is not reading, and a code would claim a reason it never
+            # agreed to; the TCP connection just ends.
+            proto.drop()
+        # ABNORMAL, SEND_FAILED: the socket is gone already; nothing to send.
+
+    def kill(self, why: Kill) -> None:
+        self.end(_KILLED[why])
 
     def on_close(self) -> None:
         if self.room is None:
@@ -217,13 +255,16 @@ class Connection(tornado.websocket.WebSocketHandler):
         # reason): the TCP connection ended without a close handshake.
         self.end(Ending.ABNORMAL)
 
-    # EndReport: what CloseCodesProtocol tells this connection.
+    # What the protocol layers report (each names them in its own Protocol class).
 
     def client_closed(self) -> None:
         self.end(Ending.CLIENT_CLOSE)
 
-    def protocol_violated(self) -> None:
-        self.end(Ending.PROTOCOL)
+    def protocol_violated(self, detail: str) -> None:
+        self.end(Ending.PROTOCOL, detail)
+
+    def invalid_payload(self, detail: str) -> None:
+        self.end(Ending.INVALID_PAYLOAD, detail)
 
     def too_large(self) -> None:
         self.end(Ending.TOO_LARGE)

@@ -15,9 +15,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
 import harness
 from harness import Server, http_get
-from wire import parse_metrics, sample
+from wire import parse_metrics, sample, upgrade_request
 
-__all__ = ["Server", "http_get", "metric", "run_server", "wait_metric"]
+__all__ = ["Server", "http_get", "metric", "run_server", "upgrade_request", "wait_metric"]
 
 
 def metric(server: Server, name: str, **labels: str) -> float:

@@ -15,6 +15,7 @@ import socket
 import struct
 import time
 
+from pyws_support import upgrade_request
 from tornado.testing import AsyncHTTPTestCase, gen_test
 from tornado.websocket import websocket_connect
 
@@ -163,10 +164,7 @@ class SendFailedTest(AsyncHTTPTestCase):
         await sender_ws.read_message()
         # A bare client that completes the handshake, then resets the connection.
         raw = socket.create_connection(("127.0.0.1", port), timeout=5)
-        raw.sendall(
-            b"GET /ws?room=r HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        )
+        raw.sendall(upgrade_request(port, "/ws?room=r"))
         hub = self.app.hub
         for _ in range(200):  # bounded wait for the server to open it (200 x 10 ms)
             if len(hub.rooms["r"].members) == 2:

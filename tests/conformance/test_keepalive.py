@@ -1,6 +1,6 @@
 """PROTOCOL.md section 3, Keepalive: the server pings every WS_PING_INTERVAL_SECS and drops a peer
-that has not answered within WS_PING_TIMEOUT_SECS, counting it as `ping_timeout`; interval 0
-turns keepalive off.
+that has not answered within WS_PING_TIMEOUT_SECS, counting it as `ping_timeout`, by closing the
+TCP connection without a close frame; interval 0 turns keepalive off.
 
 The silent peer is a raw socket, which never answers pings; the library client answers them.
 """
@@ -13,6 +13,7 @@ import pytest
 from harness import running_server
 
 from .support import (
+    OP_CLOSE,
     OP_PING,
     OP_TEXT,
     Clients,
@@ -54,6 +55,10 @@ def test_silent_peer_is_dropped_and_counted_ping_timeout(pinging_server):
         assert elapsed > 0.8, f"dropped after {elapsed:.2f}s, before the ping timeout"
         assert any(f.opcode == OP_PING for f in frames), f"no ping seen before the drop: {frames}"
         assert not any(f.opcode == OP_TEXT for f in frames), frames
+        # Dropped means no close frame: every frame up to EOF or reset was read above.
+        assert not any(f.opcode == OP_CLOSE for f in frames), (
+            f"a close frame before the drop: {frames}"
+        )
         wait_for_sample(server, "ws_closed_conns_errors_total", 1, reason="ping_timeout")
         assert value_of(server, "ws_closed_conns_errors_total", reason="abnormal") == 0
         # The peer that answers survived the same pings and still works.
