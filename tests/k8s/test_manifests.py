@@ -78,6 +78,7 @@ def test_trees_render_with_plain_kubectl_kustomize():
         "ConfigMap",
         "Deployment",
         "Namespace",
+        "PodDisruptionBudget",
         "Service",
         "ServiceAccount",
     ]
@@ -281,12 +282,16 @@ def test_prometheus_config_matches_compose_but_for_discovery():
     for key in ("global", "rule_files"):
         assert k8s_cfg[key] == compose_cfg[key], key
     jobs = {sc["job_name"]: sc for sc in k8s_cfg["scrape_configs"]}
-    assert set(jobs) == {"prometheus", "rust-ws", "python-ws", "kubelet-cadvisor"}
-    for job in SERVERS:
+    # Compose's jobs but for cAdvisor (the kubelet's here) and HAProxy (Services balance here).
+    compose_jobs = {sc["job_name"] for sc in compose_cfg["scrape_configs"]}
+    assert set(jobs) == compose_jobs - {"cadvisor", "haproxy"} | {"kubelet-cadvisor"}
+    services = objects(LAB, "Service")
+    for job, port_name in (*((job, "http") for job in SERVERS), ("redis", "metrics")):
         sd = jobs[job]["kubernetes_sd_configs"]
         assert sd == [{"role": "endpointslice", "namespaces": {"own_namespace": True}}]
         keep = [r for r in jobs[job]["relabel_configs"] if r.get("action") == "keep"]
-        assert keep and keep[0]["regex"] == f"{job};http", "the job is the Service's name"
+        assert keep and keep[0]["regex"] == f"{job};{port_name}", "the job is the Service's name"
+        assert port_name in [p["name"] for p in services[job]["spec"]["ports"]], job
     # The kubelet's cAdvisor keeps exactly what compose's cAdvisor job keeps.
     compose_keep = next(
         r for sc in compose_cfg["scrape_configs"] if sc["job_name"] == "cadvisor"
@@ -357,8 +362,13 @@ def test_servers_images_ports_and_services():
         assert services[name]["spec"]["ports"] == [
             {"name": "http", "port": port, "targetPort": "http"}
         ]
-        env = {e["name"]: e["value"] for e in c["env"]}
-        assert env == {"WS_HOST": "0.0.0.0", "WS_PORT": str(port)}
+        env = {e["name"]: e.get("value", e.get("valueFrom")) for e in c["env"]}
+        assert env == {
+            "WS_HOST": "0.0.0.0",
+            "WS_PORT": str(port),
+            # Unique per pod (the default could repeat within a ReplicaSet, PROTOCOL.md section 1).
+            "WS_NODE_ID": {"fieldRef": {"fieldPath": "metadata.name"}},
+        }
 
 
 def test_servers_get_equal_guaranteed_resources():
@@ -376,8 +386,9 @@ def test_servers_probes_and_security():
     for name in SERVERS:
         pod = objects(LAB, "Deployment")[name]["spec"]["template"]["spec"]
         c = container(objects(LAB, "Deployment")[name])
-        for probe in ("readinessProbe", "livenessProbe"):
-            assert c[probe]["httpGet"] == {"path": "/healthz", "port": "http"}, (name, probe)
+        # Ready with the broker (PROTOCOL.md section 2), alive without it.
+        assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}, name
+        assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}, name
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["securityContext"]["runAsUser"] == 10001  # USER in both Dockerfiles
         sc = c["securityContext"]
@@ -388,6 +399,47 @@ def test_servers_probes_and_security():
         assert "USER 10001:10001" in (REPO / dockerfile).read_text()
 
 
+def test_servers_run_three_replicas_spread_and_budgeted():
+    deployments = objects(LAB, "Deployment")
+    budgets = objects(LAB, "PodDisruptionBudget")
+    for name in SERVERS:
+        d = deployments[name]
+        assert d["spec"]["replicas"] == 3, name
+        labels = d["spec"]["selector"]["matchLabels"]
+        # Preferred anti-affinity on the node: spread where there are nodes, still scheduled on one.
+        anti = d["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+        assert set(anti) == {"preferredDuringSchedulingIgnoredDuringExecution"}, name
+        (term,) = anti["preferredDuringSchedulingIgnoredDuringExecution"]
+        assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+        assert term["podAffinityTerm"]["labelSelector"] == {"matchLabels": labels}
+        # One replica at a time may go for a drain; the selector is the Deployment's.
+        pdb = budgets[name]["spec"]
+        assert pdb == {"maxUnavailable": 1, "selector": {"matchLabels": labels}}, name
+
+
+def test_redis_is_one_instance_behind_a_service_with_its_exporter():
+    d = objects(LAB, "Deployment")["redis"]
+    assert d["spec"]["replicas"] == 1 and d["spec"]["strategy"] == {"type": "Recreate"}
+    pod = d["spec"]["template"]["spec"]
+    containers = {c["name"]: c for c in pod["containers"]}
+    assert set(containers) == {"redis", "redis-exporter"}
+    # The images and arguments compose runs.
+    assert containers["redis"]["image"] == SERVICES["redis"]["image"]
+    assert containers["redis"]["args"] == SERVICES["redis"]["command"]
+    assert containers["redis-exporter"]["image"] == SERVICES["redis-exporter"]["image"]
+    assert containers["redis"]["readinessProbe"]["exec"]["command"] == ["redis-cli", "ping"]
+    # The servers' broker URL names this Service and its port.
+    service = objects(LAB, "Service")["redis"]
+    m = re.fullmatch(r"redis://([a-z0-9-]+):(\d+)/0", server_settings()["WS_BROKER_URL"])
+    assert m and m.group(1) == "redis", server_settings()["WS_BROKER_URL"]
+    ports = {p["name"]: p for p in service["spec"]["ports"]}
+    assert ports["redis"]["port"] == int(m.group(2)) == 6379
+    assert ports["metrics"]["port"] == 9121
+    assert service["spec"]["selector"] == d["spec"]["selector"]["matchLabels"]
+    # Only the two servers take the shared server resources patch.
+    assert "wslab.dev/role" not in d["metadata"]["labels"]
+
+
 def server_settings() -> dict[str, str]:
     return config_map(LAB, "wslab-server-config")["data"]
 
@@ -395,7 +447,10 @@ def server_settings() -> dict[str, str]:
 def test_server_settings_are_protocol_md_defaults_for_both():
     protocol = (REPO / "PROTOCOL.md").read_text()
     defaults = dict(re.findall(r"^\| `(\w+)` \| `([^`]+)` \|", protocol, re.MULTILINE))
-    settings = server_settings()
+    settings = dict(server_settings())
+    # The one setting that is not a default: every replica is a node on the lab's Redis
+    # (test_redis_is_one_instance_behind_a_service_with_its_exporter checks where it points).
+    assert settings.pop("WS_BROKER_URL").startswith("redis://")
     keepalive_and_limits = {
         "WS_MAX_MESSAGE_BYTES",
         "WS_SEND_QUEUE",
