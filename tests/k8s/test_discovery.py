@@ -221,7 +221,9 @@ def test_dashboard_queries_read_one_line_per_job_summed_over_pods(cluster):
                 f"{job}'s connections per pod",
             )
             assert len(per_pod) == 3
-        (open_connections,) = [q for q in dashboard_queries() if q.panel_title == "Open connections"]
+        (open_connections,) = [
+            q for q in dashboard_queries() if q.panel_title == "Open connections"
+        ]
         result = eventually(
             prom,
             open_connections.expr,
