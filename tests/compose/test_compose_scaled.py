@@ -111,7 +111,7 @@ def scaled(request):
 def lb_servers(st: Stack, kind: str) -> dict[str, dict]:
     """The balancer's own view of its replica slots (its statistics page as CSV): slot name ->
     row, for the slots that hold an address."""
-    url = f"http://127.0.0.1:{st.ports[f'{LBS[kind]}:8404']}/;csv"
+    url = f"http://127.0.0.1:{st.ports[f'{LBS[kind]}:8404']}/stats;csv"
     with urllib.request.urlopen(url, timeout=10) as response:
         text = response.read().decode().lstrip("# ")
     rows = csv.DictReader(io.StringIO(text))
