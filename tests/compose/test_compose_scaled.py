@@ -1,7 +1,7 @@
 """Compose smoke test of the `scaled` profile: the real compose.yaml on a real Docker engine.
 
-It brings up Prometheus and the profile's services (Redis, its exporter, WS_REPLICAS=2 replicas
-of each server kind, one HAProxy per kind) with `up -d --build` (the images are the ones
+It brings up Prometheus and the profile's services (per server kind: its Redis and Redis
+exporter, WS_REPLICAS=2 replicas, one HAProxy) with `up -d --build` (the images are the ones
 test_compose_smoke.py built, so this is the cache), waits for their healthchecks and for each
 balancer to see both replicas ready, then proves, for each kind, through its balancer's host port:
 
@@ -9,7 +9,7 @@ balancer to see both replicas ready, then proves, for each kind, through its bal
   different nodes, and each replica's own `ws_connections` in Prometheus is 1), and a broadcast
   from one reaches the other;
 - Prometheus sees every replica as a target of the kind's job (up == 1, one per replica), and
-  scrapes both balancers and the Redis exporter;
+  scrapes both balancers and both Redis exporters;
 - with one replica stopped, new connections through the balancer still succeed, on the other.
 
 Two replicas rather than the default three keep it light on a 2-core machine; the variable is the
@@ -47,7 +47,15 @@ REPLICAS = 2
 KINDS = {"rust-ws": "8000", "python-ws": "8001"}  # kind: its port inside the network
 NODES = {kind: f"{kind}-node" for kind in KINDS}
 LBS = {kind: f"{kind}-lb" for kind in KINDS}
-SCALED_SERVICES = ("prometheus", "redis", "redis-exporter", *NODES.values(), *LBS.values())
+REDIS = {kind: f"{kind}-redis" for kind in KINDS}
+EXPORTERS = {kind: f"{kind}-redis-exporter" for kind in KINDS}
+SCALED_SERVICES = (
+    "prometheus",
+    *REDIS.values(),
+    *EXPORTERS.values(),
+    *NODES.values(),
+    *LBS.values(),
+)
 READY_TIMEOUT = 90
 
 
@@ -176,15 +184,20 @@ def test_prometheus_sees_every_replica(scaled, kind):
     assert len({s["metric"]["node_id"] for s in info}) == REPLICAS
 
 
-def test_prometheus_scrapes_the_balancers_and_redis(scaled):
+def test_prometheus_scrapes_the_balancers_and_both_redis(scaled):
     _eventually(
         scaled,
         'up{job="haproxy"} == 1',
         lambda r: {s["metric"]["service"] for s in r} == set(LBS.values()),
         "both balancers scraped",
     )
-    _eventually(scaled, 'up{job="redis"} == 1', lambda r: len(r) == 1, "the Redis exporter")
-    _eventually(scaled, "redis_up == 1", lambda r: len(r) == 1, "the exporter reaching Redis")
+    # One Redis per kind, each through its own exporter.
+    _eventually(
+        scaled,
+        'redis_up{job="redis"} == 1',
+        lambda r: {s["metric"]["service"] for s in r} == set(EXPORTERS.values()),
+        "both exporters scraped and reaching their Redis",
+    )
     # HAProxy's view of every replica slot, per kind: what the dashboard's balancer row reads.
     for kind in KINDS:
         _eventually(

@@ -107,6 +107,9 @@ def test_project_name_comes_from_env_file_not_a_name_key(compose):
 # The scaled profile's replicas and balancers of each server kind.
 SCALED_NODES = {"rust-ws": "rust-ws-node", "python-ws": "python-ws-node"}
 SCALED_LBS = {"rust-ws": "rust-ws-lb", "python-ws": "python-ws-lb"}
+# One Redis per kind (one Redis serves one cluster, PROTOCOL.md section 5), each with its exporter.
+SCALED_REDIS = {"rust-ws": "rust-ws-redis", "python-ws": "python-ws-redis"}
+SCALED_EXPORTERS = {"rust-ws": "rust-ws-redis-exporter", "python-ws": "python-ws-redis-exporter"}
 
 
 def test_services_are_the_lab(compose):
@@ -118,15 +121,22 @@ def test_services_are_the_lab(compose):
         "grafana",
         "k6",
         # The scaled profile (README, "Scaled lab").
-        "redis",
-        "redis-exporter",
+        "rust-ws-redis",
+        "python-ws-redis",
+        "rust-ws-redis-exporter",
+        "python-ws-redis-exporter",
         "rust-ws-node",
         "python-ws-node",
         "rust-ws-lb",
         "python-ws-lb",
     }
     scaled = {n for n, svc in compose["services"].items() if "scaled" in svc.get("profiles", [])}
-    assert scaled == {"redis", "redis-exporter", *SCALED_NODES.values(), *SCALED_LBS.values()}
+    assert scaled == {
+        *SCALED_REDIS.values(),
+        *SCALED_EXPORTERS.values(),
+        *SCALED_NODES.values(),
+        *SCALED_LBS.values(),
+    }
 
 
 def test_every_service_has_a_one_line_comment():
@@ -142,8 +152,10 @@ PINNED = {
     "cadvisor": r"ghcr\.io/google/cadvisor:v0\.5\d\.\d+",
     "grafana": r"grafana/grafana:12\.\d+\.\d+",
     "k6": r"grafana/k6:1\.1\.0",
-    "redis": r"redis:\d+\.\d+\.\d+-alpine",
-    "redis-exporter": r"oliver006/redis_exporter:v1\.\d+\.\d+",
+    "rust-ws-redis": r"redis:\d+\.\d+\.\d+-alpine",
+    "python-ws-redis": r"redis:\d+\.\d+\.\d+-alpine",
+    "rust-ws-redis-exporter": r"oliver006/redis_exporter:v1\.\d+\.\d+",
+    "python-ws-redis-exporter": r"oliver006/redis_exporter:v1\.\d+\.\d+",
     "rust-ws-lb": r"haproxy:\d+\.\d+\.\d+-alpine",
     "python-ws-lb": r"haproxy:\d+\.\d+\.\d+-alpine",
 }
@@ -184,7 +196,7 @@ def test_healthchecks(compose):
     # scratch, with nothing to run a check with (`up{job="redis"}` is its check); everything else
     # has a healthcheck.
     for name, svc in svcs.items():
-        if name not in ("k6", "redis-exporter"):
+        if name != "k6" and name not in SCALED_EXPORTERS.values():
             assert "healthcheck" in svc, name
 
 
@@ -252,7 +264,6 @@ def test_servers_listen_on_their_protocol_ports(compose):
 
 
 HAPROXY_CFG = REPO / "haproxy" / "haproxy.cfg"
-BROKER_URL = "redis://redis:6379/0"
 
 
 def test_scaled_replicas_are_the_single_servers_on_the_broker(compose):
@@ -264,7 +275,9 @@ def test_scaled_replicas_are_the_single_servers_on_the_broker(compose):
         single, replica = svcs[kind], svcs[node]
         for key in ("build", "image", "cpus", "mem_limit", "ulimits", "restart", "healthcheck"):
             assert replica[key] == single[key], (node, key)
-        assert replica["environment"] == {**single["environment"], "WS_BROKER_URL": BROKER_URL}
+        # Its own kind's Redis: two kinds on one Redis would be one cluster, sharing rooms.
+        broker = f"redis://{SCALED_REDIS[kind]}:6379/0"
+        assert replica["environment"] == {**single["environment"], "WS_BROKER_URL": broker}
         assert "ports" not in replica and "container_name" not in replica, node
         assert replica["deploy"] == {"replicas": "${WS_REPLICAS:-3}"}
     for env, n in (({}, 3), ({"WS_REPLICAS": "2"}, 2)):
@@ -275,18 +288,23 @@ def test_scaled_replicas_are_the_single_servers_on_the_broker(compose):
             assert resolved[lb]["environment"]["WS_REPLICAS"] == str(n), (lb, env)
 
 
-def test_scaled_redis_and_exporter(compose):
-    redis, exporter = compose["services"]["redis"], compose["services"]["redis-exporter"]
-    assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
-    assert "ports" not in redis, "no host port unless asked for"
-    # Nothing on disk (PROTOCOL.md section 5: a restarted lab Redis starts sequences at 1), and
-    # reachable from the other containers.
-    cmd = redis["command"]
-    assert cmd[0] == "redis-server"
-    assert cmd[cmd.index("--save") + 1] == "" and cmd[cmd.index("--appendonly") + 1] == "no"
-    assert cmd[cmd.index("--protected-mode") + 1] == "no"
-    assert exporter["environment"]["REDIS_ADDR"] == "redis://redis:6379"
-    assert exporter["depends_on"] == {"redis": {"condition": "service_healthy"}}
+def test_scaled_redis_and_exporter_per_kind(compose):
+    svcs = compose["services"]
+    first = svcs[SCALED_REDIS["rust-ws"]]
+    for kind, name in SCALED_REDIS.items():
+        redis = svcs[name]
+        assert redis == first, "both kinds' Redis alike (one anchor)"
+        assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+        assert "ports" not in redis, "no host port unless asked for"
+        # Nothing on disk (PROTOCOL.md section 5: a restarted lab Redis starts sequences at 1),
+        # and reachable from the other containers.
+        cmd = redis["command"]
+        assert cmd[0] == "redis-server"
+        assert cmd[cmd.index("--save") + 1] == "" and cmd[cmd.index("--appendonly") + 1] == "no"
+        assert cmd[cmd.index("--protected-mode") + 1] == "no"
+        exporter = svcs[SCALED_EXPORTERS[kind]]
+        assert exporter["environment"] == {"REDIS_ADDR": f"redis://{name}:6379"}
+        assert exporter["depends_on"] == {name: {"condition": "service_healthy"}}
 
 
 def test_scaled_balancers_front_their_replicas(compose):
@@ -359,7 +377,7 @@ def test_prometheus_finds_every_scaled_service_by_dns(compose):
         **{node: (kind, int(svcs[kind]["environment"]["WS_PORT"])) for kind, node in
            SCALED_NODES.items()},
         **{lb: ("haproxy", 8404) for lb in SCALED_LBS.values()},
-        "redis-exporter": ("redis", 9121),
+        **{exporter: ("redis", 9121) for exporter in SCALED_EXPORTERS.values()},
     }  # fmt: skip
     assert looked_up == expected
     for name in looked_up:

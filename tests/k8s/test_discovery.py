@@ -8,14 +8,15 @@ from):
 
 - what discovery would hand Prometheus is written out as static target groups, one per endpoint
   of every Service `kubectl kustomize deploy/k8s` renders (servers at their Deployments' 3
-  replicas, Redis, Prometheus, Grafana), with the labels Prometheus's endpointslice role sets
-  (https://prometheus.io/docs/prometheus/latest/configuration/configuration/#endpointslice);
+  replicas, each kind's Redis, Prometheus, Grafana), with the labels Prometheus's endpointslice
+  role sets (https://prometheus.io/docs/prometheus/latest/configuration/configuration/#endpointslice);
   Debian's Prometheus is built without Kubernetes discovery, and there is no cluster here;
 - each server pod is a real rust-ws or python-ws process on its own loopback port, the other
   endpoints closed loopback ports, so every scrape stays on 127.0.0.1;
 - a real Prometheus applies the rendered relabel_configs unchanged and scrapes.
 
-Then: one target per pod in job "rust-ws" / "python-ws" (and "redis"), told apart by `pod`; no
+Then: one target per pod in job "rust-ws" / "python-ws" (and one per Redis in "redis"), told apart
+by `pod`; no
 endpoint of another Service slips into a job; and with clients spread unevenly over the pods, the
 dashboard's server queries still give one line per job, whose open connections are the pods' sum.
 The kubelet-cadvisor job (role node, through the API server) is left out: it has no pods to
@@ -179,22 +180,22 @@ def test_every_pod_is_a_target_of_its_servers_job(cluster, job):
 
 def test_no_other_endpoint_slips_into_a_job(cluster):
     prom = cluster["prom"]
-    eventually(prom, 'up{job="redis"}', lambda r: len(r) == 1, "the redis exporter's target")
+    eventually(prom, 'up{job="redis"}', lambda r: len(r) == 2, "the Redis exporters' targets")
     targets = prom.api("targets")["data"]["activeTargets"]
     by_job: dict[str, set[str]] = {}
     for t in targets:
         by_job.setdefault(t["labels"]["job"], set()).add(t["labels"].get("pod", ""))
-    redis_pods = {ep["pod"] for ep in cluster["endpoints"] if ep["service"] == "redis"}
+    redis_pods = {ep["pod"] for ep in cluster["endpoints"] if ep["service"].endswith("-redis")}
     assert by_job == {
         "prometheus": {""},
         **{job: {name for name, _ in cluster["pods"][job]} for job in SERVERS},
-        # Only the exporter's port of the redis pod, not Redis's own.
+        # Only the exporters' port of each kind's Redis pod, not Redis's own.
         "redis": redis_pods,
     }
-    (redis_target,) = [t for t in targets if t["labels"]["job"] == "redis"]
-    assert redis_target["discoveredLabels"]["__meta_kubernetes_endpointslice_port_name"] == (
-        "metrics"
-    )
+    redis_targets = [t for t in targets if t["labels"]["job"] == "redis"]
+    assert {t["labels"]["service"] for t in redis_targets} == {f"{j}-redis" for j in SERVERS}
+    for t in redis_targets:
+        assert t["discoveredLabels"]["__meta_kubernetes_endpointslice_port_name"] == "metrics"
 
 
 def test_dashboard_queries_read_one_line_per_job_summed_over_pods(cluster):

@@ -287,12 +287,26 @@ def test_prometheus_config_matches_compose_but_for_discovery():
     compose_jobs = {sc["job_name"] for sc in compose_cfg["scrape_configs"]}
     assert set(jobs) == compose_jobs - {"cadvisor", "haproxy"} | {"kubelet-cadvisor"}
     services = objects(LAB, "Service")
-    for job, port_name in (*((job, "http") for job in SERVERS), ("redis", "metrics")):
+    for job, service_names, port_name in (
+        *((job, [job], "http") for job in SERVERS),
+        ("redis", [f"{job}-redis" for job in SERVERS], "metrics"),
+    ):
         sd = jobs[job]["kubernetes_sd_configs"]
         assert sd == [{"role": "endpointslice", "namespaces": {"own_namespace": True}}]
         keep = [r for r in jobs[job]["relabel_configs"] if r.get("action") == "keep"]
-        assert keep and keep[0]["regex"] == f"{job};{port_name}", "the job is the Service's name"
-        assert port_name in [p["name"] for p in services[job]["spec"]["ports"]], job
+        assert keep, job
+        # The keep rule matches exactly the Services of the job, on the port that serves metrics.
+        regex = re.compile(keep[0]["regex"])
+        for name, service in services.items():
+            for port in service["spec"]["ports"]:
+                match = bool(regex.fullmatch(f"{name};{port['name']}"))
+                assert match == (name in service_names and port["name"] == port_name), (
+                    job,
+                    name,
+                    port["name"],
+                )
+        assert all(port_name in [p["name"] for p in services[n]["spec"]["ports"]] for n in
+                   service_names), job  # fmt: skip
     # The kubelet's cAdvisor keeps exactly what compose's cAdvisor job keeps.
     compose_keep = next(
         r for sc in compose_cfg["scrape_configs"] if sc["job_name"] == "cadvisor"
@@ -369,6 +383,8 @@ def test_servers_images_ports_and_services():
             "WS_PORT": str(port),
             # Unique per pod (the default could repeat within a ReplicaSet, PROTOCOL.md section 1).
             "WS_NODE_ID": {"fieldRef": {"fieldPath": "metadata.name"}},
+            # Its own kind's Redis: one Redis serves one cluster (PROTOCOL.md section 5).
+            "WS_BROKER_URL": f"redis://{name}-redis:6379/0",
         }
 
 
@@ -418,21 +434,24 @@ def test_servers_run_three_replicas_spread_and_budgeted():
         assert pdb == {"maxUnavailable": 1, "selector": {"matchLabels": labels}}, name
 
 
-def test_redis_is_one_instance_behind_a_service_with_its_exporter():
-    d = objects(LAB, "Deployment")["redis"]
+@pytest.mark.parametrize("name", sorted(SERVERS))
+def test_each_kind_has_one_redis_behind_a_service_with_its_exporter(name):
+    deployments, services = objects(LAB, "Deployment"), objects(LAB, "Service")
+    d = deployments[f"{name}-redis"]
     assert d["spec"]["replicas"] == 1 and d["spec"]["strategy"] == {"type": "Recreate"}
     pod = d["spec"]["template"]["spec"]
     containers = {c["name"]: c for c in pod["containers"]}
     assert set(containers) == {"redis", "redis-exporter"}
-    # The images and arguments compose runs.
-    assert containers["redis"]["image"] == SERVICES["redis"]["image"]
-    assert containers["redis"]["args"] == SERVICES["redis"]["command"]
-    assert containers["redis-exporter"]["image"] == SERVICES["redis-exporter"]["image"]
+    # The images and arguments compose runs for the same kind.
+    assert containers["redis"]["image"] == SERVICES[f"{name}-redis"]["image"]
+    assert containers["redis"]["args"] == SERVICES[f"{name}-redis"]["command"]
+    assert containers["redis-exporter"]["image"] == SERVICES[f"{name}-redis-exporter"]["image"]
     assert containers["redis"]["readinessProbe"]["exec"]["command"] == ["redis-cli", "ping"]
-    # The servers' broker URL names this Service and its port.
-    service = objects(LAB, "Service")["redis"]
-    m = re.fullmatch(r"redis://([a-z0-9-]+):(\d+)/0", server_settings()["WS_BROKER_URL"])
-    assert m and m.group(1) == "redis", server_settings()["WS_BROKER_URL"]
+    # The kind's broker URL names this Service and its port; the two kinds' brokers differ.
+    env = {e["name"]: e.get("value") for e in container(deployments[name])["env"]}
+    m = re.fullmatch(r"redis://([a-z0-9-]+):(\d+)/0", env["WS_BROKER_URL"])
+    assert m and m.group(1) == f"{name}-redis", env["WS_BROKER_URL"]
+    service = services[f"{name}-redis"]
     ports = {p["name"]: p for p in service["spec"]["ports"]}
     assert ports["redis"]["port"] == int(m.group(2)) == 6379
     assert ports["metrics"]["port"] == 9121
@@ -448,10 +467,7 @@ def server_settings() -> dict[str, str]:
 def test_server_settings_are_protocol_md_defaults_for_both():
     protocol = (REPO / "PROTOCOL.md").read_text()
     defaults = dict(re.findall(r"^\| `(\w+)` \| `([^`]+)` \|", protocol, re.MULTILINE))
-    settings = dict(server_settings())
-    # The one setting that is not a default: every replica is a node on the lab's Redis
-    # (test_redis_is_one_instance_behind_a_service_with_its_exporter checks where it points).
-    assert settings.pop("WS_BROKER_URL").startswith("redis://")
+    settings = server_settings()
     keepalive_and_limits = {
         "WS_MAX_MESSAGE_BYTES",
         "WS_SEND_QUEUE",
@@ -476,8 +492,9 @@ def test_both_real_servers_start_with_the_settings(name):
     """Every setting as rendered, the broker on a real Redis on loopback instead of the Service's
     name (no cluster DNS here): the server starts, and is ready once it has its broker."""
     kind = SERVERS[name][0]
-    settings = dict(server_settings())
+    env = {e["name"]: e.get("value") for e in container(objects(LAB, "Deployment")[name])["env"]}
+    assert env["WS_BROKER_URL"].startswith("redis://")
     with running_redis(free_port()) as url:
-        settings["WS_BROKER_URL"] = url
+        settings = {**server_settings(), "WS_BROKER_URL": url}
         with running_server(kind, env=settings) as server:
             assert "ws_connections" in server.metrics_text()
