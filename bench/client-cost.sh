@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # ws-bench's own CPU per delivered broadcast, for two ws-bench binaries against one server binary,
-# alternating A and B so that drift on a shared machine hits both (issue 13: the load generator
-# must be lighter than the server). CPU is the whole ws-bench process's task-clock from
-# `perf stat` (connects included, which are a small share at these sizes), divided by the
-# deliveries it reports.
+# alternating A and B so that drift on a shared machine hits both (the load generator must be
+# lighter than the server, or a row measures ws-bench: bench/README.md, "Client cost"). CPU is the
+# whole ws-bench process's task-clock from `perf stat` (connects included, which are a small share
+# at these sizes), divided by the deliveries it reports.
 #
 #   bench/client-cost.sh OLD_WS_BENCH NEW_WS_BENCH [RUST_WS]      # prints a markdown table
 #

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The lab's benchmark: issue 8's matrix, then issue 13's sweeps (bench/sweep.py) with their plots
+# The lab's benchmark: the matrix, then the sweeps (bench/sweep.py) with their plots
 # (bench/plot.py), rust-ws and python-ws one after the other, on loopback, measured with ws-bench.
 # Writes bench/results/<UTC date>.md, its plots (<date>-*.png) and the raw JSON lines beside it.
 #
 #   bench/run.sh                      # everything, full size (~40 min after the build)
 #   bench/run.sh --quick              # the whole pipeline at toy sizes (~6 min), into
-#                                     # bench/results/quick/: proves it works, measures nothing
+#                                     # bench/results/quick/ (gitignored): proves it works,
+#                                     # measures nothing
 #   SWEEPS="" bench/run.sh            # the matrix only (~5 min)
 #   DURATION=5 HOLD_SECS=5 bench/run.sh   # shorter matrix runs, same connection counts
 #
@@ -16,12 +17,43 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 
+usage() {
+  cat <<'EOF'
+usage: bench/run.sh [--quick] [-h|--help]
+
+The lab's benchmark: builds the release rust-ws and ws-bench, runs the fixed matrix (echo,
+broadcast, sessions, hold) against rust-ws and then python-ws on loopback, then the sweeps
+(bench/sweep.py) and their plots (bench/plot.py), and writes a report with its raw data beside it.
+
+  (no option)   full size, ~40 min after the build; writes bench/results/<UTC date>.md,
+                <date>-*.png and <date>-*.jsonl (the committed reports are such runs)
+  --quick       the same pipeline at toy sizes, ~6 min: a check that it works, not a
+                measurement; writes into bench/results/quick/, which git ignores
+  -h, --help    this text
+
+Environment (defaults in brackets):
+  SWEEPS        sweeps to run after the matrix, space-separated; empty = the matrix only
+                [conns paths fanout msgsize knee-echo knee-broadcast capacity]
+  SERVERS       servers to measure, in order ["rust-ws python-ws"]
+  OUT           the report's path; its data goes beside it [see above]
+  DURATION      seconds per timed matrix run [10; quick 2]
+  HOLD_N, HOLD_SECS  connections held and for how long in the hold run [10000, 10; quick 500, 2]
+  ECHO_C, BCAST_C, ROOMS  connections in the echo and broadcast runs, rooms [1000, 1000, 10]
+  PIN           1 pins each server to CPU 0 and ws-bench to CPU 1; 0 turns pinning off [1]
+  RUST_PORT, PY_PORT  loopback ports [28100, 28101]
+  PYTHON        the Python with python-ws and matplotlib installed [.venv/bin/python]
+  SLO_ECHO_MS, SLO_BROADCAST_MS  the sweeps' latency bounds [50, 250]
+
+Needs .venv with python-ws and bench/requirements.txt (see bench/README.md).
+EOF
+}
+
 QUICK=${QUICK:-0}
 for arg in "$@"; do
   case "$arg" in
     --quick) QUICK=1 ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
-    *) echo "run.sh: unknown argument $arg (only --quick)" >&2; exit 2 ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "run.sh: unknown argument $arg (try --help)" >&2; exit 2 ;;
   esac
 done
 if [[ "$QUICK" == 1 ]]; then
@@ -256,11 +288,13 @@ crate_version() { awk -v n="$1" '$0 == "name = \"" n "\"" { getline; gsub(/versi
     echo
   fi
   echo "Raw results: \`$(basename "${OUT%.md}")-$A.jsonl\`, \`$(basename "${OUT%.md}")-$B.jsonl\`."
-  echo "How to read these figures, and where rust-ws's memory goes: [bench/README.md](../README.md)."
+  # Relative to the report, wherever OUT puts it (--quick writes one folder deeper).
+  echo "How to read these figures, and where rust-ws's memory goes:" \
+    "[bench/README.md]($(realpath -m --relative-to="$(dirname "$OUT")" "$ROOT/bench/README.md"))."
 } >"$OUT"
 log "wrote the matrix to $OUT"
 
-# ---- issue 13's sweeps ---------------------------------------------------------------------------
+# ---- the sweeps ---------------------------------------------------------------------------------
 if [[ -n "$SWEEPS" ]]; then
   SWEEP_ARGS=(--out "$WORK/sweeps" --servers "$SERVERS" --sweeps "$SWEEPS" --bench "$BENCH"
     --rust-bin "$TARGET_DIR/release/rust-ws" --python "$PYTHON" --rust-port "$RUST_PORT"
@@ -291,3 +325,4 @@ if [[ -n "$SWEEPS" ]]; then
   rm -f "$DEST/$PREFIX-sweeps.md"
   log "wrote the sweeps and their plots beside $OUT"
 fi
+log "report: $OUT"

@@ -1,5 +1,5 @@
-"""Churn soak (issue 15 §4): both servers under connect / broadcast / read / close cycles plus idle
-holders for a long run, their RSS and open file descriptors sampled every 10 s.
+"""Churn soak (bench/README.md, "Soak"): both servers under connect / broadcast / read / close
+cycles plus idle holders for a long run, their RSS and open file descriptors sampled every 10 s.
 
     .venv/bin/python bench/soak.py                 # 30 minutes, both servers at once
     .venv/bin/python bench/soak.py --minutes 2     # a short check of the same pipeline
@@ -15,7 +15,7 @@ until the time is up:
   broadcast; a close handshake or an RST), held a few seconds, then ended;
 - `broadcast`: paced broadcasts in a few rooms, then close.
 
-A sampler reads /proc/PID/status (VmRSS), counts /proc/PID/fd and scrapes `ws_connections` every
+A sampler reads each server's RSS and open descriptors (psutil) and scrapes `ws_connections` every
 10 s. After each churn cycle, once the cycle's connections are gone (only the holders left), it
 takes a baseline sample: those baselines are the leak signal, since a sample mid-cycle sees the
 cycle's own connections. The slope is a least-squares fit, in MiB per hour, over the baselines
@@ -41,6 +41,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import psutil
+from prometheus_client.parser import text_string_to_metric_families
 from sweep import ROOT, Server, fmt_secs
 
 SAMPLE_SECS = 10.0
@@ -52,19 +54,18 @@ MIB = 1024 * 1024
 
 
 def rss_bytes(pid: int) -> int | None:
+    """The process's resident memory (None once it is gone)."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
+        return psutil.Process(pid).memory_info().rss
+    except psutil.Error:
         return None
-    return None
 
 
 def fd_count(pid: int) -> int | None:
+    """The process's open file descriptors (None once it is gone)."""
     try:
-        return len(os.listdir(f"/proc/{pid}/fd"))
-    except OSError:
+        return psutil.Process(pid).num_fds()
+    except psutil.Error:
         return None
 
 
@@ -72,11 +73,12 @@ def connections(port: int) -> float | None:
     """The server's own `ws_connections` gauge (None when the scrape fails)."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
-            for line in r.read().decode().splitlines():
-                if line.startswith("ws_connections "):
-                    return float(line.split()[1])
+            text = r.read().decode()
     except OSError:
         return None
+    for family in text_string_to_metric_families(text):
+        if family.name == "ws_connections":
+            return float(family.samples[0].value)
     return None
 
 
@@ -370,7 +372,7 @@ def report(a: argparse.Namespace, rows: list[dict], targets: list[str], stem: st
     lines = [
         f"# Churn soak, {stem[5:]}",
         "",
-        f"Written by `bench/soak.py --minutes {a.minutes:g}` (issue 15 §4). Both servers soaked "
+        f"Written by `bench/soak.py --minutes {a.minutes:g}`. Both servers soaked "
         f"at the same time for {a.minutes:g} minutes, natively on loopback"
         + (
             ", rust-ws pinned to CPU 0 and python-ws to CPU 1, each server's ws-bench runs on "

@@ -11,7 +11,7 @@ The sweeps (`--quick` shrinks sizes and durations so the whole pipeline runs in 
 1. `conns`: hold 1k, 2.5k, 5k, 10k and the fd-limit tier, from helper processes over several
    loopback source addresses; a fresh server per tier.
    `paths`: one hold tier over each path (ok echo, error replies, broadcast; each ended by a
-   close handshake or a reset) for issue 15, rust-ws with two worker threads.
+   close handshake or a reset), rust-ws with two worker threads.
 2. `fanout`: one room of 10..10,000 members, paced to a fixed offered delivery rate.
 3. `msgsize`: closed-loop echo with 64 B .. 64 KiB requests.
 4. `knee-echo`, `knee-broadcast`: open-loop offered load in rising steps until the server
@@ -104,10 +104,10 @@ def plan(a: argparse.Namespace) -> list[Step]:
                 server_env=ping,
             )
         )
-    # Memory coming back over each path (issue 15 §3), at one tier. rust-ws runs two worker
-    # threads here, as it does on two unpinned cores (compose): pinned with one worker, no block is
-    # ever freed by a thread other than its owner, and that path (rust-ws/src/reclaim.rs) would go
-    # unmeasured. python-ws ignores ROCKET_WORKERS.
+    # Memory coming back over each path (bench/README.md, "Memory coming back, on every path"), at
+    # one tier. rust-ws runs two worker threads here, as it does on two unpinned cores (compose):
+    # pinned with one worker, no block is ever freed by a thread other than its owner, and that path
+    # (rust-ws/src/reclaim.rs) would go unmeasured. python-ws ignores ROCKET_WORKERS.
     pn = 200 if q else a.paths_n
     for ex, end in [
         (ex, end) for end in ("close", "reset") for ex in ("echo", "error", "broadcast")
@@ -324,24 +324,64 @@ def over_slo(rep: dict, sweep: str, a: argparse.Namespace) -> bool:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="small sizes, 2 s steps: a pipeline check")
-    p.add_argument("--out", required=True, help="directory for sweeps.jsonl")
-    p.add_argument("--servers", default="rust-ws python-ws")
     p.add_argument(
-        "--sweeps", default="conns paths fanout msgsize knee-echo knee-broadcast capacity"
+        "--out", required=True, help="directory for sweeps.jsonl and sweeps-meta.json (created)"
     )
-    p.add_argument("--bench", default=str(ROOT / "target/release/ws-bench"))
-    p.add_argument("--rust-bin", default=str(ROOT / "target/release/rust-ws"))
-    p.add_argument("--python", default=str(ROOT / ".venv/bin/python"))
-    p.add_argument("--rust-port", type=int, default=28100)
-    p.add_argument("--py-port", type=int, default=28101)
-    p.add_argument("--pin", type=int, default=1)
+    p.add_argument(
+        "--servers",
+        default="rust-ws python-ws",
+        help="space-separated servers to sweep, one after the other (default: %(default)s)",
+    )
+    p.add_argument(
+        "--sweeps",
+        default="conns paths fanout msgsize knee-echo knee-broadcast capacity",
+        help="space-separated sweeps to run, any of: %(default)s (bench/README.md explains each)",
+    )
+    p.add_argument(
+        "--bench",
+        default=str(ROOT / "target/release/ws-bench"),
+        help="the ws-bench binary (default: the release build, %(default)s)",
+    )
+    p.add_argument(
+        "--rust-bin",
+        default=str(ROOT / "target/release/rust-ws"),
+        help="the rust-ws binary; a debug build measures the wrong thing (default: %(default)s)",
+    )
+    p.add_argument(
+        "--python",
+        default=str(ROOT / ".venv/bin/python"),
+        help="the Python that runs `-m python_ws` (default: %(default)s)",
+    )
+    p.add_argument(
+        "--rust-port", type=int, default=28100, help="rust-ws's port on 127.0.0.1 (%(default)s)"
+    )
+    p.add_argument(
+        "--py-port", type=int, default=28101, help="python-ws's port on 127.0.0.1 (%(default)s)"
+    )
+    p.add_argument(
+        "--pin",
+        type=int,
+        default=1,
+        help="1: pin each server to CPU 0 and ws-bench to CPU 1 with taskset (needs 2 cores); "
+        "0: no pinning (default: %(default)s)",
+    )
     p.add_argument("--duration", type=float, default=10.0, help="seconds per timed step")
-    p.add_argument("--hold-secs", type=float, default=12.0)
+    p.add_argument(
+        "--hold-secs",
+        type=float,
+        default=12.0,
+        help="conns and paths sweeps: seconds each tier's connections are held (quick: 2)",
+    )
     p.add_argument(
         "--ping-secs", type=int, default=5, help="server keepalive interval during the conns sweep"
     )
     p.add_argument("--top-tier", type=int, default=0, help="largest hold tier; 0 = fd limit - 100")
-    p.add_argument("--paths-n", type=int, default=10000)
+    p.add_argument(
+        "--paths-n",
+        type=int,
+        default=10000,
+        help="paths sweep: connections per path (default: %(default)s; quick: 200)",
+    )
     p.add_argument(
         "--fanout-deliveries",
         type=float,
@@ -354,9 +394,25 @@ def main() -> None:
         default=None,
         help="broadcasts/s per client in the capacity sweep (0.1; quick: 0.5)",
     )
-    p.add_argument("--slo-echo-ms", type=float, default=50.0)
-    p.add_argument("--slo-broadcast-ms", type=float, default=250.0)
-    p.add_argument("--connect-concurrency", type=int, default=512)
+    p.add_argument(
+        "--slo-echo-ms",
+        type=float,
+        default=50.0,
+        help="knee-echo: the p99 round trip (ms) a step must stay under (default: %(default)s)",
+    )
+    p.add_argument(
+        "--slo-broadcast-ms",
+        type=float,
+        default=250.0,
+        help="knee-broadcast and capacity: the round-trip bound (ms): p99 for the knee, p95 "
+        "for capacity (default: %(default)s)",
+    )
+    p.add_argument(
+        "--connect-concurrency",
+        type=int,
+        default=512,
+        help="handshakes ws-bench keeps in flight while connecting (default: %(default)s)",
+    )
     a = p.parse_args()
     a.sweeps = a.sweeps.split()
     # The servers inherit this process's open-files limit: lift the soft limit to the hard one,

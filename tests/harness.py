@@ -9,6 +9,10 @@ they all run the same binaries the same way:
 Servers bind 127.0.0.1 only. Each one's stderr goes to a temporary log file that is printed when
 it fails to start.
 
+`running_redis()` starts Debian's redis-server (`$REDIS_SERVER_BIN`, else `redis-server` on PATH) on
+a free loopback port, without persistence, for the multi-node tests (PROTOCOL.md §5); the yielded
+`Redis` can be killed, restarted on the same port, paused and resumed.
+
 `running_prometheus(config)` starts Debian's Prometheus (`$PROMETHEUS_BIN`, else `prometheus` on
 PATH) with a given config, a temporary TSDB and the remote-write receiver on, as compose runs it.
 """
@@ -184,6 +188,166 @@ def run_config_check(kind: str, env: dict[str, str], timeout: float = 15.0):
     return subprocess.run(
         server_command(kind), env=full_env, capture_output=True, text=True, timeout=timeout
     )
+
+
+def _redis_binary() -> str:
+    binary = os.environ.get("REDIS_SERVER_BIN") or shutil.which("redis-server")
+    if not binary:
+        raise RuntimeError("redis-server not found: apt-get install redis-server")
+    return binary
+
+
+class RespError(Exception):
+    """An error reply from Redis."""
+
+
+class RespConn:
+    """A minimal RESP2 client on a plain socket, to look at what the nodes wrote into Redis (keys,
+    scripts, published messages) without a Redis library: `call` sends one command and returns
+    its reply (bytes, int, list or None); `read` returns the next reply (a pub/sub message)."""
+
+    def __init__(self, port: int, timeout: float = 5.0):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.buf = b""
+
+    def send(self, *args: str | bytes) -> None:
+        parts = [b"*%d\r\n" % len(args)]
+        for a in args:
+            data = a.encode() if isinstance(a, str) else a
+            parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+        self.sock.sendall(b"".join(parts))
+
+    def call(self, *args: str | bytes):
+        self.send(*args)
+        return self.read()
+
+    def _line(self) -> bytes:
+        while b"\r\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("Redis closed the connection")
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line
+
+    def _exactly(self, n: int) -> bytes:
+        while len(self.buf) < n + 2:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("Redis closed the connection")
+            self.buf += chunk
+        data, self.buf = self.buf[:n], self.buf[n + 2 :]
+        return data
+
+    def read(self):
+        line = self._line()
+        kind, rest = line[:1], line[1:]
+        if kind == b"+":
+            return rest
+        if kind == b"-":
+            raise RespError(rest.decode(errors="replace"))
+        if kind == b":":
+            return int(rest)
+        if kind == b"$":
+            return None if int(rest) < 0 else self._exactly(int(rest))
+        if kind == b"*":
+            return None if int(rest) < 0 else [self.read() for _ in range(int(rest))]
+        raise ValueError(f"not a RESP2 reply: {line!r}")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Redis:
+    """A redis-server process on 127.0.0.1:port that a test can kill, restart on the same port
+    (empty: it keeps no data), pause and resume. `url` is what WS_BROKER_URL is set to."""
+
+    def __init__(self, port: int, password: str | None, workdir: Path):
+        self.port = port
+        self.password = password
+        self.workdir = workdir
+        self.log_path = workdir / "redis.log"
+        self.proc: subprocess.Popen | None = None
+        self.accepted_at = 0.0  # when the latest start first accepted a connection (monotonic)
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def start(self, password: str | None = None, timeout: float = 10.0) -> float:
+        """Start redis-server (again) on this port; return the monotonic time at which it
+        first accepted a TCP connection, the moment PROTOCOL's recovery bound counts from.
+        `password` overrides the one it was created with, for this run only."""
+        assert self.proc is None or self.proc.poll() is not None, "redis-server already running"
+        password = self.password if password is None else password
+        args = [
+            _redis_binary(),
+            "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--daemonize", "no", "--dir", str(self.workdir), "--logfile", "",
+        ]  # fmt: skip
+        if password:
+            args += ["--requirepass", password]
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"redis-server exited with {self.proc.returncode}:\n{self.log()}"
+                )
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    self.accepted_at = time.monotonic()
+            except OSError as err:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"redis-server not accepting within {timeout}s") from err
+                time.sleep(0.01)
+                continue
+            return self.accepted_at
+
+    def connect(self) -> RespConn:
+        """A fresh RESP connection to this Redis, authenticated when it has a password."""
+        conn = RespConn(self.port)
+        if self.password:
+            conn.call("AUTH", self.password)
+        return conn
+
+    def call(self, *args: str | bytes):
+        with contextlib.closing(self.connect()) as conn:
+            return conn.call(*args)
+
+    def kill(self) -> None:
+        """SIGKILL: the broker vanishes at once, with its data."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)  # a stopped process dies only once continued
+            self.proc.kill()
+            self.proc.wait()
+
+    def pause(self) -> None:
+        """SIGSTOP: connections stay open and nothing is answered."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
+
+@contextlib.contextmanager
+def running_redis(port: int | None = None, password: str | None = None) -> Iterator[Redis]:
+    """A redis-server on 127.0.0.1:port (a free one by default), no persistence; killed after."""
+    workdir = Path(tempfile.mkdtemp(prefix="wslab-redis-"))
+    redis = Redis(port or free_port(), password, workdir)
+    try:
+        redis.start()
+        yield redis
+    finally:
+        redis.kill()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @dataclass

@@ -180,3 +180,18 @@ export function withRoom(wsUrl, room) {
   if (!room) return wsUrl;
   return `${wsUrl}${wsUrl.includes('?') ? '&' : '?'}room=${encodeURIComponent(room)}`;
 }
+
+// What to start when a server isn't there (setup() and the end-of-test verdict, summary.js).
+const START_HINTS = {
+  rust: 'start it with `cargo run --release -p rust-ws` (or `docker compose up -d rust-ws`)',
+  python: 'start it with `.venv/bin/python -m python_ws` (or `docker compose up -d python-ws`)',
+};
+export const URL_VARS = { rust: 'RUST_WS_URL', python: 'PYTHON_WS_URL' };
+
+// "python-ws is not answering at http://…/healthz (PYTHON_WS_URL=…; <got>): start it with …".
+export function notAnswering(server, got) {
+  const why = got ? `; ${got}` : '';
+  return `${SERVER_NAMES[server]} is not answering at ${healthzUrl(URLS[server])} ` +
+    `(${URL_VARS[server]}=${URLS[server]}${why}): ${START_HINTS[server]}, ` +
+    `or set ${URL_VARS[server]} to where it runs`;
+}

@@ -41,6 +41,10 @@ export const ERROR_CODES = [
 export const uncleanCloses = new Counter('wslab_unclean_closes');
 export const UNCLEAN_REASONS = ['error', 'server_closed', 'close_timeout'];
 
+// 1 per server that setup() found not answering on /healthz, tagged `server`: the run stops
+// there, and summary.js names that server as the cause instead of the thresholds no load met.
+export const unreachable = new Counter('wslab_server_unreachable');
+
 // How late a VU's timers fire: a VU whose event loop is busy can't read replies in time, so a
 // high value means the numbers measure k6, not the server.
 export const eventLoopLag = new Trend('wslab_event_loop_lag', true);

@@ -21,8 +21,9 @@
 //   on python-ws, against 0 on the experimental module. Its close event carries the code; here a
 //   close is clean when this client started it and no error came (close_timeout can't happen).
 //
-// k6 1.1.0's experimental module can lose a message that arrives right after the 101 (issue 15
-// §1): establishConnection starts the read loop (`go w.loop()`) before it queues the `open` task,
+// k6 1.1.0's experimental module can lose a message that arrives right after the 101 (k6/README.md,
+// "k6 1.1.0 drops some welcomes"): establishConnection starts the read loop (`go w.loop()`)
+// before it queues the `open` task,
 // and a message task that runs while readyState != OPEN is dropped unseen (not even counted in
 // ws_msgs_received). rust-ws writes its welcome ~0.1 ms after the 101, so under CPU contention
 // about 1 connection in 200-1,500 never sees a welcome that is on the wire and in the server's

@@ -24,6 +24,7 @@ from . import SERVER_NAME, __version__
 from .accept import Acceptor
 from .app import make_app
 from .config import LOG_LEVELS, Config, ConfigError, from_env
+from .metrics import BUILD_PROFILE
 
 log = logging.getLogger("python_ws")
 
@@ -36,6 +37,8 @@ SHUTDOWN_GRACE_SECS = 3.0
 async def main(config: Config, sockets: list[socket.socket]) -> None:
     """Serve on already bound `sockets` until SIGTERM or SIGINT."""
     app = make_app(config)
+    if app.broker is not None:
+        app.broker.start()
     # Tornado's header timeout is `idle_connection_timeout`: the time the request line and headers
     # have from the moment the connection is accepted (and between keep-alive requests); past it
     # the connection is closed without an answer. Its default is an hour.
@@ -47,11 +50,12 @@ async def main(config: Config, sockets: list[socket.socket]) -> None:
     acceptor.start()
     port = sockets[0].getsockname()[1]
     log.info(
-        "%s %s listening on %s:%d backlog=%d pid=%d config: %s",
+        "%s %s listening on %s:%d profile=%s backlog=%d pid=%d config: %s",
         SERVER_NAME,
         __version__,
         config.host,
         port,
+        BUILD_PROFILE,
         LISTEN_BACKLOG,
         os.getpid(),
         config.describe(),
@@ -76,6 +80,8 @@ async def main(config: Config, sockets: list[socket.socket]) -> None:
     app.hub.shutdown()
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(app.hub.wait_empty(), timeout=SHUTDOWN_GRACE_SECS)
+    if app.broker is not None:
+        await app.broker.close()
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(server.close_all_connections(), timeout=1.0)
     log.info("stopped")
@@ -95,7 +101,9 @@ def run() -> None:
     try:
         sockets = tornado.netutil.bind_sockets(config.port, config.host, backlog=LISTEN_BACKLOG)
     except OSError as err:  # address in use, not available, no permission
-        print(f"python-ws: cannot listen on {config.host}:{config.port}: {err}", file=sys.stderr)
+        # PROTOCOL.md §1: one line naming the address, the same as rust-ws prints, and status 1.
+        reason = err.strerror or err
+        print(f"python-ws: cannot listen on {config.host}:{config.port}: {reason}", file=sys.stderr)
         sys.exit(1)
     asyncio.run(main(config, sockets))
 

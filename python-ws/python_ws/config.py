@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
+import re
+import socket
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
+from urllib.parse import unquote
 
 LOG_LEVELS = {
     "debug": logging.DEBUG,
@@ -26,6 +30,110 @@ class ConfigError(ValueError):
     """An environment variable holds a value PROTOCOL.md does not allow."""
 
 
+# WS_NODE_ID, and what a default node id keeps of the host name (PROTOCOL.md §1).
+NODE_ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,32}", re.ASCII)
+_NOT_NODE_ID_CHAR = re.compile(r"[^A-Za-z0-9_.-]", re.ASCII)
+_HOST_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+", re.ASCII)
+
+# What the one error line says an invalid value should have been. rust-ws/src/config.rs prints
+# the same words, so the two kinds of node fail alike.
+BROKER_URL_ALLOWED = (
+    "redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] or rediss://..., "
+    "with PORT 1-65535, DB an integer >= 0 and no query or fragment"
+)
+NODE_ID_ALLOWED = "1-32 characters of A-Z a-z 0-9 _ . -"
+
+
+def default_node_id() -> str:
+    """The host name (its first 20 characters, others than [A-Za-z0-9_.-] made `-`), `-`, pid."""
+    host = _NOT_NODE_ID_CHAR.sub("-", socket.gethostname()[:20])
+    return f"{host}-{os.getpid()}"
+
+
+def redact_url(raw: str) -> str:
+    """`raw` with any password shown as `***`, whether or not it parses.
+
+    The user information runs from after `scheme://` to the last `@` (a careless password may
+    hold another `@`); with a colon, what follows it is the password, and without one the whole of
+    it may be (the old `redis://PASSWORD@HOST` form), so all of it goes.
+    """
+    scheme_end = raw.find("://")
+    start = 0 if scheme_end < 0 else scheme_end + 3
+    at = raw.rfind("@")
+    if at < start:
+        return raw
+    user, colon, _ = raw[start:at].partition(":")
+    return raw[:start] + (f"{user}:***" if colon else "***") + raw[at:]
+
+
+@dataclass(frozen=True)
+class BrokerUrl:
+    """A valid WS_BROKER_URL, split into what a Redis connection needs. `repr` is redacted, so
+    the dataclass can't leak the password into a log line."""
+
+    tls: bool
+    host: str
+    port: int
+    db: int
+    username: str | None
+    password: str | None = field(repr=False)
+    redacted: str
+
+    def __str__(self) -> str:
+        return self.redacted
+
+
+def parse_broker_url(raw: str) -> BrokerUrl:
+    """Parse WS_BROKER_URL as PROTOCOL.md §1 allows it, or raise ConfigError (password redacted)."""
+    redacted = redact_url(raw)
+    bad = ConfigError(f'config error: WS_BROKER_URL="{redacted}" is not {BROKER_URL_ALLOWED}')
+    scheme, sep, rest = raw.partition("://")
+    if not sep or scheme.lower() not in ("redis", "rediss") or "?" in rest or "#" in rest:
+        raise bad
+    authority, slash, path = rest.partition("/")
+    username = password = None
+    if "@" in authority:
+        userinfo, _, authority = authority.rpartition("@")
+        user, colon, secret = userinfo.partition(":")
+        if not colon or not secret:
+            raise bad
+        username = unquote(user) or None
+        password = unquote(secret)
+    if authority.startswith("["):
+        host, bracket, after = authority[1:].partition("]")
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise bad from None
+        if not bracket or (after and not after.startswith(":")):
+            raise bad
+        has_port, port_text = bool(after), after[1:]
+    else:
+        host, colon, port_text = authority.partition(":")
+        has_port = bool(colon)
+        if not _HOST_NAME_RE.fullmatch(host):
+            raise bad
+    port = 6379
+    if has_port:
+        if not (port_text.isascii() and port_text.isdigit()) or not 1 <= int(port_text) <= 65535:
+            raise bad
+        port = int(port_text)
+    db = 0
+    if slash and path:
+        if not (path.isascii() and path.isdigit()):
+            raise bad
+        db = int(path)
+    return BrokerUrl(
+        tls=scheme.lower() == "rediss",
+        host=host,
+        port=port,
+        db=db,
+        username=username,
+        password=password,
+        redacted=redacted,
+    )
+
+
 @dataclass(frozen=True)
 class Config:
     host: str = "0.0.0.0"
@@ -37,10 +145,12 @@ class Config:
     max_connections: int = 0
     header_timeout_secs: int = 10
     log_level: str = "info"
+    broker_url: BrokerUrl | None = None
+    node_id: str = field(default_factory=default_node_id)
 
     def describe(self) -> str:
-        """The effective configuration as one log line."""
-        return " ".join(f"{key}={value}" for key, value in asdict(self).items())
+        """The effective configuration as one log line (the broker URL's password as `***`)."""
+        return " ".join(f"{f.name}={getattr(self, f.name)}" for f in fields(self))
 
 
 def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int | None) -> int:
@@ -82,4 +192,15 @@ def from_env(env: Mapping[str, str]) -> Config:
             env, "WS_HEADER_TIMEOUT_SECS", Config.header_timeout_secs, 1, 3600
         ),
         log_level=level.lower(),
+        broker_url=parse_broker_url(broker) if (broker := env.get("WS_BROKER_URL", "")) else None,
+        node_id=_node_id(env),
     )
+
+
+def _node_id(env: Mapping[str, str]) -> str:
+    raw = env.get("WS_NODE_ID", "")
+    if raw == "":
+        return default_node_id()
+    if not NODE_ID_RE.fullmatch(raw):
+        raise ConfigError(f'config error: WS_NODE_ID="{raw}" is not {NODE_ID_ALLOWED}')
+    return raw

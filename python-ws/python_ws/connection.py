@@ -155,8 +155,7 @@ class Connection(tornado.websocket.WebSocketHandler, Outbox):
         if req.type == "echo":
             hub.enqueue(self, payload)
             return
-        with m.broadcast.time():
-            hub.fan_out(room, payload)
+        hub.broadcast(self, req.ref, room, payload)
 
     # --- the writer -------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ import collections
 import enum
 import logging
 import struct
+from typing import TYPE_CHECKING
 
 from tornado.concurrent import Future
 
@@ -28,6 +29,9 @@ from . import SERVER_NAME, protocol
 from .config import Config
 from .metrics import Metrics
 from .reclaim import Reclaimer
+
+if TYPE_CHECKING:
+    from .broker import Broker
 
 log = logging.getLogger("python_ws")
 
@@ -119,6 +123,10 @@ class Hub:
         self.rooms: dict[str, Room] = {}
         self.connections: dict[Outbox, None] = {}
         self._next_id = 0
+        # With WS_BROKER_URL (PROTOCOL.md §5): the broker every broadcast goes through, and the
+        # `NODE_ID:` that makes conn_ids unique across the cluster. Set by app.make_app.
+        self.broker: Broker | None = None
+        self.id_prefix = ""
         self._dirty: list[Outbox] = []
         self._flush_scheduled = False
         self.shutting_down = False
@@ -137,7 +145,7 @@ class Hub:
         room = self.rooms.get(room_name)
         if room is None:
             room = self.rooms[room_name] = Room(room_name)
-        conn.id = str(self._next_id)
+        conn.id = f"{self.id_prefix}{self._next_id}"
         conn.room = room
         room.members[conn] = None
         self.connections[conn] = None
@@ -161,6 +169,23 @@ class Hub:
             self._empty.set()
 
     # --- fan-out ----------------------------------------------------------------------------
+
+    def broadcast(self, sender: Outbox, ref: str | None, room: Room, payload: bytes) -> None:
+        """A member's serialised broadcast: fanned out here, or, with a broker, handed to it (it
+        comes back through `deliver`, numbered by Redis, like every other node's)."""
+        broker = self.broker
+        if broker is None:
+            with self.metrics.broadcast.time():
+                self.fan_out(room, payload)
+        else:
+            broker.publish(sender, ref, room.name, payload)
+
+    def deliver(self, room_name: str, payload: bytes) -> None:
+        """A broadcast read from the broker: the local fan-out, if the room has members here."""
+        room = self.rooms.get(room_name)
+        if room is not None:
+            with self.metrics.broadcast.time():
+                self.fan_out(room, payload)
 
     def fan_out(self, room: Room, payload: bytes) -> None:
         """Queue one serialised payload for every member of `room`; writes nothing. It is framed

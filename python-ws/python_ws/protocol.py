@@ -141,3 +141,28 @@ def welcome(conn_id: str, room: str, server: str, connections: int) -> bytes:
             "connections": connections,
         }
     )
+
+
+def broker_unavailable(ref: str | None) -> bytes:
+    """The error for a broadcast the broker did not take (PROTOCOL.md §3), with its ref."""
+    return orjson.dumps(
+        {
+            "type": "error",
+            "code": "broker_unavailable",
+            "detail": "broadcast not delivered: the broker is unavailable",
+            "ref": ref,
+        }
+    )
+
+
+_SEQ_KEY = b',"seq":'
+_AFTER_SEQ = b',"server_ts":'
+
+
+def split_at_seq(payload: bytes) -> tuple[bytes, bytes]:
+    """A serialised broadcast split for the broker (PROTOCOL.md §5): HEAD is everything up to and
+    including `"seq":`, TAIL everything after the number. `seq` and `server_ts` are `reply`'s
+    last keys, after every client field, so the last `,"seq":` is the key itself (inside a string
+    its quotes would be escaped anyway)."""
+    i = payload.rindex(_SEQ_KEY) + len(_SEQ_KEY)
+    return payload[:i], payload[payload.index(_AFTER_SEQ, i) :]

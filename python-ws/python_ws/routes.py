@@ -1,4 +1,4 @@
-"""The HTTP routes: GET /ws with its checks before the upgrade, /metrics, /healthz, and 404.
+"""The HTTP routes: GET /ws with its checks before the upgrade, /metrics, /healthz, /readyz, 404.
 
 Tornado makes the WebSocket route's handler class the session too, so `WsRoute` is the session
 (`connection.Connection`) plus what belongs to the route: the checks that answer 400 or 503 before
@@ -18,6 +18,7 @@ from typing import Any
 import tornado.httputil
 import tornado.web
 
+from .broker import Broker
 from .connection import Connection
 from .metrics import CONTENT_TYPE, Metrics
 
@@ -109,6 +110,23 @@ class HealthHandler(GetOnlyHandler):
     def get(self) -> None:
         self.set_header("Content-Type", "text/plain; charset=utf-8")
         self.finish("ok")
+
+    head = get
+
+
+class ReadyHandler(GetOnlyHandler):
+    """Ready while the node can serve: no broker configured, or connected and subscribed to it."""
+
+    def initialize(self, broker: Broker | None) -> None:
+        self.broker = broker
+
+    def get(self) -> None:
+        self.set_header("Content-Type", "text/plain; charset=utf-8")
+        if self.broker is None or self.broker.up:
+            self.finish("ready")
+        else:
+            self.set_status(503)
+            self.finish("broker unavailable")
 
     head = get
 

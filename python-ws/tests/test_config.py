@@ -7,7 +7,15 @@ import sys
 
 import pytest
 
-from python_ws.config import Config, ConfigError, from_env
+from python_ws.config import (
+    BrokerUrl,
+    Config,
+    ConfigError,
+    default_node_id,
+    from_env,
+    parse_broker_url,
+    redact_url,
+)
 
 
 def test_defaults() -> None:
@@ -28,9 +36,12 @@ def test_empty_counts_as_unset() -> None:
             "WS_MAX_CONNECTIONS",
             "WS_HEADER_TIMEOUT_SECS",
             "LOG_LEVEL",
+            "WS_BROKER_URL",
+            "WS_NODE_ID",
         )
     }
     assert from_env(env) == Config()
+    assert from_env(env).broker_url is None
 
 
 def test_values() -> None:
@@ -107,3 +118,117 @@ def test_busy_port_is_one_clear_line_and_exit_1() -> None:
     assert proc.returncode == 1
     assert proc.stderr.startswith(f"python-ws: cannot listen on 127.0.0.1:{port}: ")
     assert "Traceback" not in proc.stderr
+
+
+# --- WS_BROKER_URL and WS_NODE_ID (PROTOCOL.md §1, §5) --------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        (
+            "redis://localhost",
+            BrokerUrl(False, "localhost", 6379, 0, None, None, "redis://localhost"),
+        ),
+        ("redis://h:6380/3", BrokerUrl(False, "h", 6380, 3, None, None, "redis://h:6380/3")),
+        ("redis://h/", BrokerUrl(False, "h", 6379, 0, None, None, "redis://h/")),
+        (
+            "redis://:s%40cret@10.0.0.1:1/0",
+            BrokerUrl(False, "10.0.0.1", 1, 0, None, "s@cret", "redis://:***@10.0.0.1:1/0"),
+        ),
+        (
+            "rediss://ann:pw@[::1]:65535/12",
+            BrokerUrl(True, "::1", 65535, 12, "ann", "pw", "rediss://ann:***@[::1]:65535/12"),
+        ),
+        ("REDIS://h", BrokerUrl(False, "h", 6379, 0, None, None, "REDIS://h")),
+    ],
+)
+def test_broker_url_parses(url: str, expected: BrokerUrl) -> None:
+    assert parse_broker_url(url) == expected
+    assert from_env({"WS_BROKER_URL": url}).broker_url == expected
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("http://h", "http://h"),
+        ("h:6379", "h:6379"),
+        ("redis://", "redis://"),
+        ("redis://:6379", "redis://:6379"),
+        ("redis://h:0", "redis://h:0"),
+        ("redis://h:65536", "redis://h:65536"),
+        ("redis://h:x", "redis://h:x"),
+        ("redis://h/x", "redis://h/x"),
+        ("redis://h/-1", "redis://h/-1"),
+        ("redis://h/0?timeout=1", "redis://h/0?timeout=1"),
+        ("redis://h/0#f", "redis://h/0#f"),
+        ("redis://[::1", "redis://[::1"),
+        ("redis://h h", "redis://h h"),
+        # A password never reaches the error line, however malformed the URL around it.
+        ("redis://:secret@h:0", "redis://:***@h:0"),
+        ("redis://secret@h", "redis://***@h"),
+        ("redis://u:@h", "redis://u:***@h"),
+        ("redis://u:sec@ret@h?x", "redis://u:***@h?x"),
+        ("redis://:secret@", "redis://:***@"),
+    ],
+)
+def test_invalid_broker_url_is_one_redacted_line(url: str, shown: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        from_env({"WS_BROKER_URL": url})
+    assert str(info.value) == (
+        f'config error: WS_BROKER_URL="{shown}" is not redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]'
+        " or rediss://..., with PORT 1-65535, DB an integer >= 0 and no query or fragment"
+    )
+    assert "secret" not in str(info.value) and "sec@ret" not in str(info.value)
+
+
+def test_redact_url() -> None:
+    assert redact_url("redis://h:1/0") == "redis://h:1/0"
+    assert redact_url("redis://:pw@h") == "redis://:***@h"
+    assert redact_url("rediss://ann:pw@h") == "rediss://ann:***@h"
+    assert redact_url("pw@h") == "***@h"
+
+
+def test_describe_redacts_the_password() -> None:
+    cfg = from_env({"WS_BROKER_URL": "redis://:hunter2@h:1/0", "WS_NODE_ID": "web-1"})
+    line = cfg.describe()
+    assert "broker_url=redis://:***@h:1/0" in line
+    assert "node_id=web-1" in line
+    assert "hunter2" not in line and "hunter2" not in repr(cfg)
+
+
+@pytest.mark.parametrize("node_id", ["a", "web-1.x_2", "x" * 32])
+def test_node_id_valid(node_id: str) -> None:
+    assert from_env({"WS_NODE_ID": node_id}).node_id == node_id
+
+
+@pytest.mark.parametrize("node_id", ["x" * 33, "web:1", "a b", "é"])
+def test_node_id_invalid(node_id: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        from_env({"WS_NODE_ID": node_id})
+    assert str(info.value) == (
+        f'config error: WS_NODE_ID="{node_id}" is not 1-32 characters of A-Z a-z 0-9 _ . -'
+    )
+
+
+def test_default_node_id_is_host_name_and_pid(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import socket
+
+    monkeypatch.setattr(socket, "gethostname", lambda: "pod:with/odd chars-and-a-long-tail")
+    assert default_node_id() == f"pod-with-odd-chars-a-{os.getpid()}"
+    assert from_env({}).node_id == default_node_id()
+
+
+def test_invalid_broker_url_exits_2_without_the_password() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "python_ws"],
+        env={"WS_BROKER_URL": "redis://:hunter2@h:99999", "WS_PORT": "1"},
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1
+    assert proc.stderr.startswith('config error: WS_BROKER_URL="redis://:***@h:99999" is not ')
+    assert "hunter2" not in proc.stderr

@@ -25,16 +25,20 @@ use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::AsyncWrite;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, OpCode};
+
+use crate::frame_walk::FrameWalk;
+use crate::io_layer::Job;
 
 const EMPTY_CLOSE: &[u8] = &[0x88, 0x00];
 /// tungstenite's reply to a close code it refuses: 1002 "Protocol violation".
 const REFUSED_CLOSE: &[u8] = b"\x88\x14\x03\xEAProtocol violation";
 
-/// Passes reads and writes through to `inner`, except the armed close frame, and notes the code
-/// of the client's first close frame as it is read.
-pub struct CodelessClose<S> {
-    inner: S,
+/// Passes reads and writes through, except the armed close frame, and notes the code of the
+/// client's first close frame as it is read.
+#[derive(Default)]
+pub struct CodelessClose {
     /// The close frame tungstenite will write, to be replaced by `pending`.
     armed: Option<&'static [u8]>,
     /// The replacing frame (a close with a code); the bytes from `pending_start` are still to be
@@ -45,16 +49,9 @@ pub struct CodelessClose<S> {
     client_close: CloseCodeReader,
 }
 
-impl<S> CodelessClose<S> {
-    pub fn new(inner: S) -> Self {
-        CodelessClose {
-            inner,
-            armed: None,
-            pending: [0; 4],
-            pending_start: 0,
-            pending_end: 0,
-            client_close: CloseCodeReader::default(),
-        }
+impl CodelessClose {
+    pub fn new() -> Self {
+        CodelessClose::default()
     }
 
     /// Rewrite the coming empty close frame (the reply to a code-less close) into a 1000.
@@ -80,12 +77,49 @@ impl<S> CodelessClose<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> CodelessClose<S> {
+impl Job for CodelessClose {
+    fn read(&mut self, bytes: &[u8]) {
+        if self.client_close.code.is_none() {
+            self.client_close.feed(bytes);
+        }
+    }
+
+    /// Returns how many of tungstenite's bytes were taken. For data that is what the layer
+    /// beneath took; for the armed close frame the 2 bytes count as taken at once and the 4
+    /// replacing them are this layer's to deliver (now, or on the next write, flush or shutdown).
+    fn poll_write<S: AsyncWrite + Unpin>(
+        &mut self,
+        inner: &mut S,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        ready!(self.poll_write_out(inner, cx))?;
+        if let Some(frame) = self.armed.filter(|f| buf.ends_with(f)) {
+            let before = buf.len() - frame.len();
+            if before > 0 {
+                // Data queued ahead of the close frame goes out unchanged first.
+                return Pin::new(inner).poll_write(cx, &buf[..before]);
+            }
+            self.armed = None;
+            self.pending_start = 0;
+            self.pending_end = self.pending.len() as u8;
+            return match self.poll_write_out(inner, cx) {
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) | Poll::Pending => Poll::Ready(Ok(frame.len())),
+            };
+        }
+        Pin::new(inner).poll_write(cx, buf)
+    }
+
     /// Writes what is left of the rewritten close frame.
-    fn poll_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_write_out<S: AsyncWrite + Unpin>(
+        &mut self,
+        inner: &mut S,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
         while self.pending_start < self.pending_end {
             let rest = &self.pending[self.pending_start as usize..self.pending_end as usize];
-            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, rest))?;
+            let n = ready!(Pin::new(&mut *inner).poll_write(cx, rest))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
@@ -95,157 +129,58 @@ impl<S: AsyncWrite + Unpin> CodelessClose<S> {
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for CodelessClose<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        let read = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if this.client_close.code.is_none() {
-            this.client_close.feed(&buf.filled()[before..]);
-        }
-        read
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for CodelessClose<S> {
-    /// Returns how many of tungstenite's bytes were taken. For data that is what `inner` took;
-    /// for the armed close frame the 2 bytes count as taken at once and the 4 replacing them are
-    /// this layer's to deliver (now, or on the next write, flush or shutdown).
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        ready!(this.poll_pending(cx))?;
-        if let Some(frame) = this.armed.filter(|f| buf.ends_with(f)) {
-            let before = buf.len() - frame.len();
-            if before > 0 {
-                // Data queued ahead of the close frame goes out unchanged first.
-                return Pin::new(&mut this.inner).poll_write(cx, &buf[..before]);
-            }
-            this.armed = None;
-            this.pending_start = 0;
-            this.pending_end = this.pending.len() as u8;
-            return match this.poll_pending(cx) {
-                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-                Poll::Ready(Ok(())) | Poll::Pending => Poll::Ready(Ok(frame.len())),
-            };
-        }
-        Pin::new(&mut this.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        ready!(this.poll_pending(cx))?;
-        Pin::new(&mut this.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        ready!(this.poll_pending(cx))?;
-        Pin::new(&mut this.inner).poll_shutdown(cx)
-    }
-}
-
-/// Follows the client's frames through their headers and unmasks the first two payload bytes of
-/// the first close frame: its code as sent, before tungstenite replaces a refused one.
+/// Follows the client's frames and unmasks the first two payload bytes of the first close frame:
+/// its code as sent, before tungstenite replaces a refused one.
 #[derive(Default)]
 struct CloseCodeReader {
-    /// The header of the current frame, while incomplete (at most 2 + 8 + 4 bytes).
-    head: [u8; 14],
-    head_len: u8,
-    /// Payload bytes of the current frame still to come, and how many came already.
-    payload_left: u64,
-    payload_pos: u64,
-    in_close: bool,
-    mask: [u8; 4],
+    walk: FrameWalk,
     code_bytes: [u8; 2],
     code: Option<Option<u16>>,
 }
 
 impl CloseCodeReader {
-    fn head_size(&self) -> usize {
-        let ext = match self.head[1] & 0x7F {
-            126 => 2,
-            127 => 8,
-            _ => 0,
-        };
-        let mask = if self.head[1] & 0x80 != 0 { 4 } else { 0 };
-        2 + ext + mask
-    }
-
     fn feed(&mut self, mut bytes: &[u8]) {
-        while !bytes.is_empty() && self.code.is_none() {
-            if self.payload_left > 0 {
-                let n = self.payload_left.min(bytes.len() as u64) as usize;
-                if self.in_close {
-                    for &b in &bytes[..n] {
-                        if self.payload_pos < 2 {
-                            let i = self.payload_pos as usize;
-                            self.code_bytes[i] = b ^ self.mask[i];
-                        }
-                        self.payload_pos += 1;
-                    }
-                }
-                self.payload_left -= n as u64;
-                bytes = &bytes[n..];
-                if self.payload_left == 0 && self.in_close {
-                    self.close_complete();
-                }
+        while self.code.is_none() {
+            let Some(part) = self.walk.next(&mut bytes) else {
+                return;
+            };
+            let Some(header) = part.header else { continue };
+            if header.opcode != OpCode::Control(Control::Close) {
                 continue;
             }
-            self.head[self.head_len as usize] = bytes[0];
-            self.head_len += 1;
-            bytes = &bytes[1..];
-            let len = self.head_len as usize;
-            if len < 2 || len < self.head_size() {
-                continue;
+            let mask = header.mask.unwrap_or_default();
+            for (i, &b) in part.payload.iter().enumerate() {
+                let pos = part.payload_offset as usize + i;
+                if pos >= 2 {
+                    break;
+                }
+                self.code_bytes[pos] = b ^ mask[pos];
             }
-            self.head_len = 0;
-            self.in_close = self.head[0] & 0x0F == 0x8;
-            self.payload_pos = 0;
-            self.mask = if self.head[1] & 0x80 != 0 {
-                self.head[len - 4..len].try_into().expect("4 bytes")
-            } else {
-                [0; 4]
-            };
-            self.payload_left = match self.head[1] & 0x7F {
-                126 => u16::from_be_bytes([self.head[2], self.head[3]]).into(),
-                127 => u64::from_be_bytes(self.head[2..10].try_into().expect("8 bytes")),
-                n => n.into(),
-            };
-            if self.payload_left == 0 && self.in_close {
-                self.close_complete();
+            if part.last {
+                let len = part.payload_offset + part.payload.len() as u64;
+                self.code = Some((len >= 2).then(|| u16::from_be_bytes(self.code_bytes)));
             }
         }
-    }
-
-    fn close_complete(&mut self) {
-        self.code = Some((self.payload_pos >= 2).then(|| u16::from_be_bytes(self.code_bytes)));
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::io_layer::Layer;
     use tokio::io::AsyncWriteExt;
 
     #[tokio::test]
     async fn passes_bytes_through_until_armed() {
-        let mut w = CodelessClose::new(Vec::new());
+        let mut w = Layer::new(CodelessClose::new(), Vec::new());
         w.write_all(&[1, 2, 0x88, 0x00]).await.unwrap();
         assert_eq!(w.inner, [1, 2, 0x88, 0x00]);
     }
 
     #[tokio::test]
     async fn rewrites_the_empty_close_once_armed_keeping_earlier_bytes() {
-        let mut w = CodelessClose::new(Vec::new());
-        w.answer_empty_close_with_1000();
+        let mut w = Layer::new(CodelessClose::new(), Vec::new());
+        w.job.answer_empty_close_with_1000();
         w.write_all(&[0x81, 0x01, b'x', 0x88, 0x00]).await.unwrap();
         w.flush().await.unwrap();
         assert_eq!(w.inner, [0x81, 0x01, b'x', 0x88, 0x02, 0x03, 0xE8]);
@@ -256,16 +191,16 @@ mod tests {
 
     #[tokio::test]
     async fn leaves_a_close_with_a_code_alone() {
-        let mut w = CodelessClose::new(Vec::new());
-        w.answer_empty_close_with_1000();
+        let mut w = Layer::new(CodelessClose::new(), Vec::new());
+        w.job.answer_empty_close_with_1000();
         w.write_all(&[0x88, 0x02, 0x0F, 0xA0]).await.unwrap();
         assert_eq!(w.inner, [0x88, 0x02, 0x0F, 0xA0]);
     }
 
     #[tokio::test]
     async fn rewrites_tungstenites_refusal_into_the_clients_code() {
-        let mut w = CodelessClose::new(Vec::new());
-        w.answer_refused_close_with(1014);
+        let mut w = Layer::new(CodelessClose::new(), Vec::new());
+        w.job.answer_refused_close_with(1014);
         w.write_all(REFUSED_CLOSE).await.unwrap();
         w.flush().await.unwrap();
         assert_eq!(w.inner, [0x88, 0x02, 0x03, 0xF6]);

@@ -13,9 +13,9 @@
 //! (tungstenite 0.21, whose read buffers are fixed and larger) so that [`ws_config`] can size the
 //! read buffer at 4 KiB.
 //!
-//! Beneath tungstenite the socket has three I/O layers: `WriteBatch` (coalesces a batch of frames
-//! into one socket write, keeps at most one pong pending) over `SentCounter` (counts
-//! `ws_messages_sent_total` as frames reach the socket) over `CodelessClose` (answers a
+//! Beneath tungstenite the socket has three I/O layers (io_layer.rs): `WriteBatch` (coalesces a
+//! batch of frames into one socket write, keeps at most one pong pending) over `SentCounter`
+//! (counts `ws_messages_sent_total` as frames reach the socket) over `CodelessClose` (answers a
 //! code-less close with 1000).
 
 use std::io;
@@ -35,13 +35,15 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::codeless_close::CodelessClose;
 use crate::hub::{self, Kill, Next, Outbox, Room};
+use crate::io_layer::Layer;
+use crate::log_debug;
 use crate::metrics::CloseReason;
 use crate::protocol::{self, Kind};
 use crate::sent_counter::SentCounter;
+use crate::server::{Server, Slot};
 use crate::write_batch::{WriteBatch, BATCH_BYTES};
-use crate::{log_debug, Server, Slot};
 
-type Ws = WebSocketStream<WriteBatch<SentCounter<CodelessClose<IoStream>>>>;
+type Ws = WebSocketStream<Layer<WriteBatch, Layer<SentCounter, Layer<CodelessClose, IoStream>>>>;
 
 /// Most queued messages handed to `WriteBatch` before one flush (which is then one socket write
 /// when the socket has room). A batch also ends at `BATCH_BYTES`.
@@ -171,10 +173,13 @@ impl Session {
         let mut ws = WebSocketStream::from_raw_socket(
             // Batches frames into few socket writes (write_batch); counts ws_messages_sent_total
             // as frames reach the socket (sent_counter).
-            WriteBatch::new(SentCounter::new(
-                CodelessClose::new(io),
-                metrics.sent.clone(),
-            )),
+            Layer::new(
+                WriteBatch::new(),
+                Layer::new(
+                    SentCounter::new(metrics.sent.clone()),
+                    Layer::new(CodelessClose::new(), io),
+                ),
+            ),
             Role::Server,
             Some(ws_config(server.config.max_message_bytes)),
         )
@@ -437,7 +442,7 @@ impl Conn<'_> {
                     }
                     Some(Ok(Message::Close(frame))) => {
                         // WriteBatch → SentCounter → CodelessClose.
-                        let io = ws.get_mut().inner_mut().inner_mut();
+                        let io = &mut ws.get_mut().inner.inner.job;
                         // The code as the client sent it (tungstenite's frame has 1002 in place
                         // of a code it refused), or None without a code.
                         let sent = io.client_close_code().flatten();
@@ -485,7 +490,7 @@ impl Conn<'_> {
     ) -> Result<WriteDone, Ending> {
         let outbox = self.outbox;
         let write = async {
-            let batch = ws.get_mut();
+            let batch = &mut ws.get_mut().job;
             batch.push_frame(&first);
             let mut fed = 1;
             while fed < WRITE_BATCH && batch.pending() < BATCH_BYTES {

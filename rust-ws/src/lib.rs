@@ -2,109 +2,42 @@
 //!
 //! Twin: python-ws/python_ws/app.py (`make_app(config)`).
 //!
-//! This file builds the server and holds the state it manages: [`rocket`] is the one construction
-//! path, used by the binary (main.rs) and by the tests alike, and [`Server`] is what every route
-//! and connection shares. Each other concern has its own module:
-//!
-//! | module | job |
-//! |---|---|
-//! | `config` | `WS_*`/`LOG_LEVEL` parsing and ranges (exit 2 lives in main.rs) |
-//! | `routes` | `/ws` upgrade checks (400: room, HTTP/1.0, key, body; 503: capacity), `/metrics`, `/healthz` |
-//! | `connection` | one session: read loop, writer, keepalive, `Ending` |
-//! | `hub` | rooms, membership, fan-out, outboxes, eviction, shutdown kill |
-//! | `protocol` | parse, validate, serialise, error details |
-//! | `metrics` | the metric families and their rendering |
-//! | `healthcheck` | the `--healthcheck` client |
-//! | `log` | the log level and macros; Rocket's accept errors as one warning per 10 s |
-//! | `listen_backlog` | workaround: Rocket/mio listen with 128, PROTOCOL.md asks 1024 |
-//! | `codeless_close` | workaround: tungstenite's close echo (code-less → 1000, refused codes counted, 1014 echoed) |
-//! | `sent_counter` | `ws_messages_sent_total`, counted as frames reach the socket |
-//! | `write_batch` | coalesced writes: a batch of frames per socket write, one pending pong at most |
+//! This file builds the server: [`rocket`] is the one construction path, used by the binary
+//! (main.rs) and by the tests alike. Each concern has its own module, and no module uses this
+//! file's items (only its re-exports), so dependencies go one way (tests/module_graph.rs). The
+//! repository's README.md, "The two servers", maps every module to its python-ws twin.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use rocket::fairing::AdHoc;
 use rocket::figment::Figment;
 use rocket::{Build, Rocket};
 
+pub mod accept;
 pub mod codeless_close;
 pub mod config;
 pub mod connection;
+pub mod frame_walk;
 pub mod healthcheck;
 pub mod hub;
+pub mod io_layer;
+pub mod le_labels;
 pub mod listen_backlog;
 pub mod log;
 pub mod metrics;
+#[cfg(target_os = "linux")]
+pub mod process_cpu;
 pub mod protocol;
 pub mod reclaim;
 pub mod routes;
 pub mod sent_counter;
+pub mod server;
 pub mod write_batch;
 
 pub use config::{Config, LogLevel};
 pub use metrics::Metrics;
-
-use hub::Hub;
-
-/// State shared by every route and connection of one server instance.
-pub struct Server {
-    pub config: Config,
-    pub metrics: Arc<Metrics>,
-    pub hub: Hub,
-    /// Connections open or being upgraded; what WS_MAX_CONNECTIONS limits.
-    open: AtomicUsize,
-}
-
-impl Server {
-    pub fn new(config: Config, metrics: Arc<Metrics>) -> Server {
-        Server {
-            hub: Hub::new(config.send_queue),
-            config,
-            metrics,
-            open: AtomicUsize::new(0),
-        }
-    }
-
-    /// Reserves a connection slot, or `None` at WS_MAX_CONNECTIONS. The check and the increment
-    /// are one atomic step, so concurrent upgrades cannot overshoot the limit.
-    pub(crate) fn reserve(self: &Arc<Self>) -> Option<Slot> {
-        let max = self.config.max_connections;
-        self.open
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (max == 0 || n < max).then_some(n + 1)
-            })
-            .ok()?;
-        Some(Slot(self.clone()))
-    }
-
-    pub fn open_connections(&self) -> usize {
-        self.open.load(Ordering::Acquire)
-    }
-
-    /// Waits (bounded) until every connection task has finished its closing handshake.
-    pub async fn wait_idle(&self, within: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + within;
-        while self.open_connections() > 0 {
-            if tokio::time::Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        true
-    }
-}
-
-/// One reserved connection slot; released on drop, including when an upgrade never completes.
-pub struct Slot(Arc<Server>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::AcqRel);
-    }
-}
+pub use server::Server;
 
 /// Rocket's configuration: ROCKET_* from the environment, then our WS_* values on top.
 pub fn figment(config: &Config) -> Figment {
@@ -139,7 +72,7 @@ pub fn figment(config: &Config) -> Figment {
 /// Builds the server: routes, state (`Arc<Metrics>`, `Arc<Server>`) and fairings.
 pub fn rocket(config: Config) -> Rocket<Build> {
     // Before Rocket's own logger can take the slot (at ignite).
-    log::install_log_bridge();
+    accept::install();
     log::set_level(config.log_level);
     let metrics = Arc::new(Metrics::new());
     let server = Arc::new(Server::new(config.clone(), metrics.clone()));
@@ -157,10 +90,11 @@ pub fn rocket(config: Config) -> Rocket<Build> {
             Box::pin(async move {
                 let rc = rocket.config();
                 log_info!(
-                    "listening on http://{} (server=rust-ws backlog={} WS_MAX_MESSAGE_BYTES={} \
+                    "listening on http://{} (server=rust-ws profile={} backlog={} WS_MAX_MESSAGE_BYTES={} \
                      WS_SEND_QUEUE={} WS_PING_INTERVAL_SECS={} WS_PING_TIMEOUT_SECS={} \
                      WS_MAX_CONNECTIONS={} WS_HEADER_TIMEOUT_SECS={} LOG_LEVEL={} workers={})",
                     SocketAddr::new(rc.address, rc.port),
+                    metrics::BUILD_PROFILE,
                     listen_backlog::LISTEN_BACKLOG,
                     config.max_message_bytes,
                     config.send_queue,

@@ -101,13 +101,23 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let code = runtime.block_on(serve(config));
+    let code = runtime.block_on(serve(config, &rocket_config));
     // Don't wait on stray blocking tasks at exit.
     runtime.shutdown_timeout(Duration::from_millis(500));
     code
 }
 
-async fn serve(config: Config) -> ExitCode {
+/// The OS's text for an I/O error without Rust's " (os error N)" suffix, so the line reads as
+/// python-ws's does (it prints `strerror`): "Address already in use".
+fn os_error_text(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    match (e.raw_os_error(), text.rfind(" (os error ")) {
+        (Some(_), Some(cut)) => text[..cut].to_string(),
+        _ => text,
+    }
+}
+
+async fn serve(config: Config, rocket_config: &rocket::Config) -> ExitCode {
     let rocket = rust_ws::rocket(config);
     let server = rocket
         .state::<std::sync::Arc<Server>>()
@@ -126,6 +136,19 @@ async fn serve(config: Config) -> ExitCode {
                 eprintln!("config error: {line}");
             }
             return ExitCode::from(2);
+        }
+        // PROTOCOL.md §1: one line naming the address, as python-ws prints it, and status 1.
+        // Rocket's own text ("binding failed: Address already in use") names no address.
+        Err(e) if matches!(e.kind(), ErrorKind::Bind(_)) => {
+            if let ErrorKind::Bind(io_error) = e.kind() {
+                eprintln!(
+                    "rust-ws: cannot listen on {}:{}: {}",
+                    rocket_config.address,
+                    rocket_config.port,
+                    os_error_text(io_error)
+                );
+            }
+            return ExitCode::FAILURE;
         }
         Err(e) => {
             // kind() above marked it handled; print it ourselves, on one line.

@@ -3,12 +3,18 @@
 //! Twin: python-ws/python_ws/metrics.py.
 //!
 //! Each `Metrics` has its own `Registry` (no globals), so in-process tests that run servers in
-//! parallel never see each other's counters.
+//! parallel never see each other's counters. Two workarounds for the prometheus crate live in
+//! files of their own: le_labels.rs (the `le` strings of PROTOCOL.md §4) and process_cpu.rs
+//! (`process_cpu_seconds_total` as a float).
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
+
+use crate::le_labels::LeLabels;
+#[cfg(target_os = "linux")]
+use crate::process_cpu;
 
 /// Bucket upper bounds (seconds) shared by both histograms and both servers.
 pub const BUCKETS: [f64; 18] = [
@@ -18,6 +24,14 @@ pub const BUCKETS: [f64; 18] = [
 
 /// The exposition content type Prometheus expects for text format 0.0.4.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// This build's profile, for the start-up line and `ws_build_info`: a debug build (`cargo run`)
+/// echoes about 3x slower than a release build, and nothing else would say which one is serving.
+pub const BUILD_PROFILE: &str = if cfg!(debug_assertions) {
+    "debug"
+} else {
+    "release"
+};
 
 /// Why a connection ended abnormally: the `reason` label values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +76,7 @@ pub struct Metrics {
     pub sent: IntCounter,
     pub handling: Histogram,
     pub broadcast: Histogram,
+    le_labels: LeLabels,
 }
 
 impl Metrics {
@@ -109,6 +124,17 @@ impl Metrics {
             .buckets(BUCKETS.to_vec()),
         )
         .unwrap();
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "ws_build_info",
+                "Build of this server: its name and build profile (constant 1).",
+            ),
+            &["server", "profile"],
+        )
+        .unwrap();
+        build_info
+            .with_label_values(&["rust-ws", BUILD_PROFILE])
+            .set(1);
 
         // Every label value exists at 0 from start-up, so the first scrape shows every series.
         for reason in CloseReason::ALL {
@@ -125,10 +151,11 @@ impl Metrics {
         registry.register(Box::new(sent.clone())).unwrap();
         registry.register(Box::new(handling.clone())).unwrap();
         registry.register(Box::new(broadcast.clone())).unwrap();
-        // process_* families (Linux only: they read /proc).
+        registry.register(Box::new(build_info)).unwrap();
+        // process_* families (Linux only: they read /proc), CPU seconds as a float.
         #[cfg(target_os = "linux")]
         registry
-            .register(Box::new(process::ProcessMetrics::for_self()))
+            .register(Box::new(process_cpu::ProcessMetrics::for_self()))
             .unwrap();
 
         Metrics {
@@ -141,6 +168,7 @@ impl Metrics {
             sent,
             handling,
             broadcast,
+            le_labels: LeLabels::for_buckets(&BUCKETS),
         }
     }
 
@@ -156,125 +184,15 @@ impl Metrics {
             .get()
     }
 
-    /// The text exposition of every family, with the `le` strings of PROTOCOL.md §4.
+    /// The text exposition of every family, with the `le` strings of PROTOCOL.md §4 (le_labels.rs).
     pub fn render(&self) -> String {
         let mut out = Vec::with_capacity(8 * 1024);
         // Encoding well-formed families into memory does not fail.
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)
             .expect("encoding metrics");
-        let mut text = String::from_utf8(out).expect("metrics text is UTF-8");
-        for (theirs, ours) in LE_SPELLINGS.get_or_init(le_spellings) {
-            text = text.replace(theirs.as_str(), ours);
-        }
-        text
-    }
-}
-
-/// `le="…"` as the prometheus crate prints each bound (Rust's `Display`: `0.000005`, `1`), and as
-/// PROTOCOL.md §4 and python-ws print it, for the bounds where the two differ.
-static LE_SPELLINGS: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
-
-fn le_spellings() -> Vec<(String, String)> {
-    BUCKETS
-        .iter()
-        .map(|&b| (format!("le=\"{b}\""), format!("le=\"{}\"", canonical_le(b))))
-        .filter(|(theirs, ours)| theirs != ours)
-        .collect()
-}
-
-/// A bucket bound in the OpenMetrics canonical form Prometheus 3 normalises `le` to (and Python's
-/// `repr` prints): the shortest round-trip digits, exponent form below 1e-4 or from 1e16 with a
-/// signed exponent of at least two digits, and `.0` on whole numbers. Rust's `Debug` already picks
-/// the same digits and the same switch to exponent form (`5e-6`, `0.0001`, `1.0`); only the
-/// exponent is spelled differently.
-pub fn canonical_le(bound: f64) -> String {
-    if bound.is_infinite() {
-        return if bound > 0.0 { "+Inf" } else { "-Inf" }.to_string();
-    }
-    let debug = format!("{bound:?}");
-    match debug.split_once('e') {
-        None => debug,
-        Some((mantissa, exp)) => {
-            let (sign, digits) = match exp.strip_prefix('-') {
-                Some(d) => ('-', d),
-                None => ('+', exp),
-            };
-            format!("{mantissa}e{sign}{digits:0>2}")
-        }
-    }
-}
-
-/// The crate's process collector with `process_cpu_seconds_total` as a float counter.
-///
-/// prometheus 0.13's `ProcessCollector` exports CPU time as an `IntCounter` of whole seconds
-/// (tikv/rust-prometheus#451), so at light load the dashboard's CPU panel is a staircase. This
-/// keeps every other family it exports and replaces that one with utime+stime from
-/// /proc/self/stat divided by the clock tick rate, a float (10 ms resolution at 100 Hz).
-#[cfg(target_os = "linux")]
-mod process {
-    use prometheus::core::{Collector, Desc};
-    use prometheus::process_collector::ProcessCollector;
-    use prometheus::proto::{Counter, Metric, MetricFamily, MetricType};
-
-    pub const CPU_NAME: &str = "process_cpu_seconds_total";
-    pub const CPU_HELP: &str = "Total user and system CPU time spent in seconds.";
-
-    pub struct ProcessMetrics {
-        inner: ProcessCollector,
-        cpu_desc: Desc,
-    }
-
-    impl ProcessMetrics {
-        pub fn for_self() -> ProcessMetrics {
-            ProcessMetrics {
-                inner: ProcessCollector::for_self(),
-                cpu_desc: Desc::new(CPU_NAME.into(), CPU_HELP.into(), vec![], Default::default())
-                    .expect("valid descriptor"),
-            }
-        }
-    }
-
-    /// CPU seconds (user + system) this process has used, from /proc/self/stat.
-    pub fn cpu_seconds() -> Option<f64> {
-        let stat = procfs::process::Process::myself().ok()?.stat().ok()?;
-        let ticks = procfs::ticks_per_second();
-        (ticks > 0).then(|| (stat.utime + stat.stime) as f64 / ticks as f64)
-    }
-
-    impl Collector for ProcessMetrics {
-        fn desc(&self) -> Vec<&Desc> {
-            let mut descs: Vec<&Desc> = self
-                .inner
-                .desc()
-                .into_iter()
-                .filter(|d| d.fq_name != CPU_NAME)
-                .collect();
-            descs.push(&self.cpu_desc);
-            descs
-        }
-
-        fn collect(&self) -> Vec<MetricFamily> {
-            let mut families: Vec<MetricFamily> = self
-                .inner
-                .collect()
-                .into_iter()
-                .filter(|f| f.get_name() != CPU_NAME)
-                .collect();
-            if let Some(secs) = cpu_seconds() {
-                let mut counter = Counter::default();
-                counter.set_value(secs);
-                let mut metric = Metric::default();
-                metric.set_counter(counter);
-                let mut family = MetricFamily::default();
-                family.set_name(CPU_NAME.into());
-                family.set_help(CPU_HELP.into());
-                family.set_field_type(MetricType::COUNTER);
-                family.mut_metric().push(metric);
-                families.insert(0, family);
-            }
-            families
-        }
+        let text = String::from_utf8(out).expect("metrics text is UTF-8");
+        self.le_labels.respell(text)
     }
 }
 
@@ -288,20 +206,6 @@ impl Default for Metrics {
 mod tests {
     use super::*;
     use prometheus_parse::{LineInfo, Scrape, Value};
-
-    #[test]
-    fn le_strings_are_the_canonical_ones() {
-        let got: Vec<String> = BUCKETS.iter().map(|&b| canonical_le(b)).collect();
-        let want = [
-            "5e-06", "1e-05", "2.5e-05", "5e-05", "0.0001", "0.00025", "0.0005", "0.001", "0.0025",
-            "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1.0", "2.5",
-        ];
-        assert_eq!(got, want);
-        assert_eq!(canonical_le(f64::INFINITY), "+Inf");
-        assert_eq!(canonical_le(1e16), "1e+16");
-        assert_eq!(canonical_le(1.5e300), "1.5e+300");
-        assert_eq!(canonical_le(1e-100), "1e-100");
-    }
 
     fn scrape(m: &Metrics) -> Scrape {
         let text = m.render();
@@ -447,19 +351,19 @@ mod tests {
 
     #[cfg(target_os = "linux")]
     fn scrape_cpu_seconds(m: &Metrics) -> f64 {
-        match value(&scrape(m), process::CPU_NAME, None) {
+        match value(&scrape(m), process_cpu::CPU_NAME, None) {
             Value::Counter(v) => *v,
-            other => panic!("{} is {other:?}, not a counter", process::CPU_NAME),
+            other => panic!("{} is {other:?}, not a counter", process_cpu::CPU_NAME),
         }
     }
 
     /// Busy-loops on this thread until it has used `cpu` of CPU time (bounded by 5 s of wall).
     #[cfg(target_os = "linux")]
     fn burn_cpu(cpu: std::time::Duration) {
-        let start = process::cpu_seconds().unwrap();
+        let start = process_cpu::cpu_seconds().unwrap();
         let wall = std::time::Instant::now();
         let mut x = 0u64;
-        while process::cpu_seconds().unwrap() - start < cpu.as_secs_f64()
+        while process_cpu::cpu_seconds().unwrap() - start < cpu.as_secs_f64()
             && wall.elapsed() < std::time::Duration::from_secs(5)
         {
             for i in 0..10_000u64 {
@@ -475,7 +379,7 @@ mod tests {
         let m = Metrics::new();
         let s = scrape(&m);
         assert_eq!(
-            s.docs.get(process::CPU_NAME).map(String::as_str),
+            s.docs.get(process_cpu::CPU_NAME).map(String::as_str),
             Some("Total user and system CPU time spent in seconds.")
         );
         let before = scrape_cpu_seconds(&m);

@@ -17,9 +17,10 @@ use rocket::response::{self, Responder, Response};
 use rocket::{get, routes, Route, State};
 
 use crate::connection::Session;
+use crate::log_debug;
 use crate::metrics::{self, Metrics};
 use crate::protocol;
-use crate::{log_debug, Server};
+use crate::server::Server;
 
 /// Every route, for `mount("/", ...)`.
 pub fn all() -> Vec<Route> {

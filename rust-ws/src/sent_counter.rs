@@ -22,126 +22,34 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use prometheus::IntCounter;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::AsyncWrite;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
 
-/// Passes everything through to `inner`, counting data messages as `inner` takes their bytes.
-pub struct SentCounter<S> {
-    inner: S,
-    frames: FrameTracker,
-}
+use crate::frame_walk::FrameWalk;
+use crate::io_layer::Job;
 
-impl<S> SentCounter<S> {
-    /// `sent` counts every data message whose frame `inner` has taken whole.
-    pub fn new(inner: S, sent: IntCounter) -> Self {
-        SentCounter {
-            inner,
-            frames: FrameTracker::new(sent),
-        }
-    }
-
-    /// The layer beneath, e.g. to arm `CodelessClose`.
-    pub fn inner_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for SentCounter<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for SentCounter<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let written = Pin::new(&mut this.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = written {
-            this.frames.taken(&buf[..n.min(buf.len())]);
-        }
-        written
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
-}
-
-/// Follows the server's outgoing frames through their headers and counts each frame that ends a
-/// data message once its last byte is taken.
-struct FrameTracker {
+/// Passes everything through, counting data messages as the layer beneath takes their bytes.
+pub struct SentCounter {
     counter: IntCounter,
-    /// The header of the current frame, while incomplete.
-    head: [u8; 14],
-    head_len: u8,
-    /// Payload bytes of the current frame still to come.
-    payload_left: u64,
-    /// Whether the current frame ends a data message.
-    ends_message: bool,
+    /// Where the outgoing stream is in its frames, as far as the layer beneath has taken it.
+    walk: FrameWalk,
 }
 
-impl FrameTracker {
-    fn new(counter: IntCounter) -> Self {
-        FrameTracker {
-            counter,
-            head: [0; 14],
-            head_len: 0,
-            payload_left: 0,
-            ends_message: false,
+impl SentCounter {
+    /// `sent` counts every data message whose frame the layer beneath has taken whole.
+    pub fn new(sent: IntCounter) -> Self {
+        SentCounter {
+            counter: sent,
+            walk: FrameWalk::new(),
         }
-    }
-
-    /// The header's full length, once its first two bytes are known.
-    fn head_size(&self) -> usize {
-        let ext = match self.head[1] & 0x7F {
-            126 => 2,
-            127 => 8,
-            _ => 0,
-        };
-        let mask = if self.head[1] & 0x80 != 0 { 4 } else { 0 };
-        2 + ext + mask
     }
 
     /// Consumes the next `bytes` of the outgoing stream, counting the messages they complete.
     fn taken(&mut self, mut bytes: &[u8]) {
         let mut done = 0;
-        while !bytes.is_empty() {
-            if self.payload_left > 0 {
-                let n = self.payload_left.min(bytes.len() as u64);
-                self.payload_left -= n;
-                bytes = &bytes[n as usize..];
-                if self.payload_left == 0 && self.ends_message {
-                    done += 1;
-                }
-                continue;
-            }
-            self.head[self.head_len as usize] = bytes[0];
-            self.head_len += 1;
-            bytes = &bytes[1..];
-            let len = self.head_len as usize;
-            if len < 2 || len < self.head_size() {
-                continue;
-            }
-            self.head_len = 0;
-            let opcode = self.head[0] & 0x0F;
-            self.ends_message = self.head[0] & 0x80 != 0 && opcode <= 2;
-            self.payload_left = match self.head[1] & 0x7F {
-                126 => u16::from_be_bytes([self.head[2], self.head[3]]).into(),
-                127 => u64::from_be_bytes(self.head[2..10].try_into().expect("8 bytes")),
-                n => n.into(),
-            };
-            if self.payload_left == 0 && self.ends_message {
+        while let Some(part) = self.walk.next(&mut bytes) {
+            if part.last && part.header.is_some_and(ends_message) {
                 done += 1;
             }
         }
@@ -151,10 +59,35 @@ impl FrameTracker {
     }
 }
 
+/// A frame that ends a data message: FIN with opcode text, binary or continuation.
+fn ends_message(h: &FrameHeader) -> bool {
+    h.is_final
+        && matches!(
+            h.opcode,
+            OpCode::Data(Data::Text | Data::Binary | Data::Continue)
+        )
+}
+
+impl Job for SentCounter {
+    fn poll_write<S: AsyncWrite + Unpin>(
+        &mut self,
+        inner: &mut S,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let written = Pin::new(inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = written {
+            self.taken(&buf[..n.min(buf.len())]);
+        }
+        written
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::codeless_close::CodelessClose;
+    use crate::io_layer::Layer;
     use tokio::io::AsyncWriteExt;
 
     fn counter() -> IntCounter {
@@ -164,7 +97,7 @@ mod tests {
     #[test]
     fn counts_data_frames_once_their_last_byte_is_taken() {
         let c = counter();
-        let mut f = FrameTracker::new(c.clone());
+        let mut f = SentCounter::new(c.clone());
         let big = vec![b'x'; 70_000];
         let mut stream = vec![0x81, 0x03, b'a', b'b', b'c']; // text, 3 bytes
         stream.extend([0x89, 0x00]); // ping
@@ -194,7 +127,7 @@ mod tests {
         assert_eq!(c.get(), 5);
         // All at once, the same.
         let c2 = counter();
-        FrameTracker::new(c2.clone()).taken(&stream);
+        SentCounter::new(c2.clone()).taken(&stream);
         assert_eq!(c2.get(), 5);
         // The last frame completes when its last byte is taken.
         f.taken(b"i");
@@ -229,12 +162,12 @@ mod tests {
     #[tokio::test]
     async fn counts_what_the_layer_beneath_took_not_what_was_offered() {
         let c = counter();
-        let mut w = SentCounter::new(
+        let mut w = Layer::new(
+            SentCounter::new(c.clone()),
             Trickle {
                 taken: Vec::new(),
                 limit: 2,
             },
-            c.clone(),
         );
         // One 3-byte text frame offered whole: the first call takes only its header.
         let frame = [0x81, 0x01, b'x'];
@@ -248,8 +181,11 @@ mod tests {
     #[tokio::test]
     async fn composed_over_the_close_workaround_counts_only_data() {
         let c = counter();
-        let mut w = SentCounter::new(CodelessClose::new(Vec::new()), c.clone());
-        w.inner_mut().answer_empty_close_with_1000();
+        let mut w = Layer::new(
+            SentCounter::new(c.clone()),
+            Layer::new(CodelessClose::new(), Vec::new()),
+        );
+        w.inner.job.answer_empty_close_with_1000();
         w.write_all(&[0x81, 0x01, b'x', 0x81, 0x01, b'y', 0x88, 0x00])
             .await
             .unwrap();

@@ -32,38 +32,34 @@ use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::AsyncWrite;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, OpCode};
+
+use crate::frame_walk::FrameWalk;
+use crate::io_layer::Job;
 
 /// The most a writer should batch before waiting for the flush, and the size past which a write
 /// first tries to pass the buffer on. 64 KiB is where the bare reference server's gains had
 /// levelled off (bench/README.md, "Write coalescing": 8 and 64 KiB both ≈ 12 frames per write).
 pub const BATCH_BYTES: usize = 64 * 1024;
 
-const OP_PONG: u8 = 0x8A; // FIN + pong
-
 /// Buffers everything written to it until a flush; see the module docs.
-pub struct WriteBatch<S> {
-    inner: S,
+#[derive(Default)]
+pub struct WriteBatch {
     buf: Vec<u8>,
-    /// How much of `buf` `inner` has taken.
+    /// How much of `buf` the layer beneath has taken.
     written: usize,
     /// Where in `buf` the pending pong frame is, while none of it has been written.
     pong: Option<(usize, usize)>,
-    /// Bytes of a frame that began in an earlier `poll_write` and are still to come. tungstenite
-    /// hands over whole frames (this layer always takes all it is given), so this stays 0; it
-    /// only keeps the frame walk right if that ever changed.
-    frame_left: u64,
+    /// Where tungstenite's byte stream is in its frames. tungstenite hands over whole frames
+    /// (this layer always takes all it is given), so each write starts a frame; the walk only
+    /// keeps the pong check right if that ever changed.
+    walk: FrameWalk,
 }
 
-impl<S> WriteBatch<S> {
-    pub fn new(inner: S) -> Self {
-        WriteBatch {
-            inner,
-            buf: Vec::new(),
-            written: 0,
-            pong: None,
-            frame_left: 0,
-        }
+impl WriteBatch {
+    pub fn new() -> Self {
+        WriteBatch::default()
     }
 
     /// Bytes taken from tungstenite and not yet written to the socket.
@@ -71,77 +67,63 @@ impl<S> WriteBatch<S> {
         self.buf.len() - self.written
     }
 
-    /// The layer beneath.
-    pub fn inner_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
     /// Appends a whole frame built outside tungstenite (a queued message, see hub::text_frame).
     /// Only between tungstenite's writes, which are whole frames, so the stream stays framed.
     pub fn push_frame(&mut self, frame: &[u8]) {
-        debug_assert_eq!(self.frame_left, 0, "inside a tungstenite frame");
+        debug_assert!(self.walk.between_frames(), "inside a tungstenite frame");
         self.take(frame);
     }
 
     /// Takes one chunk of tungstenite's outgoing byte stream, setting pong frames apart.
     fn take(&mut self, mut bytes: &[u8]) {
-        while !bytes.is_empty() {
-            if self.frame_left > 0 {
-                let n = self.frame_left.min(bytes.len() as u64) as usize;
-                self.buf.extend_from_slice(&bytes[..n]);
-                self.frame_left -= n as u64;
-                bytes = &bytes[n..];
+        while let Some(part) = self.walk.next(&mut bytes) {
+            let pong = part
+                .header
+                .is_some_and(|h| h.opcode == OpCode::Control(Control::Pong));
+            if !(pong && part.first && part.last) {
+                self.buf.extend_from_slice(part.bytes);
                 continue;
             }
-            let Some(frame_len) = frame_len(bytes) else {
-                // A header split across writes: tungstenite doesn't do that, but if it did, pass
-                // the bytes on unexamined and stop looking for pongs (correct, just no dedupe).
-                self.buf.extend_from_slice(bytes);
-                self.frame_left = u64::MAX;
-                return;
-            };
-            let whole = frame_len.min(bytes.len() as u64) as usize;
-            if bytes[0] == OP_PONG && whole as u64 == frame_len {
-                self.put_pong(&bytes[..whole]);
-            } else {
-                self.buf.extend_from_slice(&bytes[..whole]);
-                self.frame_left = frame_len - whole as u64;
+            // A whole pong: first remove the previous one if none of it has been written yet.
+            if let Some((start, end)) = self.pong.take() {
+                if start >= self.written {
+                    self.buf.drain(start..end);
+                }
             }
-            bytes = &bytes[whole..];
+            let start = self.buf.len();
+            self.buf.extend_from_slice(part.bytes);
+            self.pong = Some((start, self.buf.len()));
         }
-    }
-
-    /// Appends a pong, first removing the previous one if none of it has been written yet.
-    fn put_pong(&mut self, frame: &[u8]) {
-        if let Some((start, end)) = self.pong.take() {
-            if start >= self.written {
-                self.buf.drain(start..end);
-            }
-        }
-        let start = self.buf.len();
-        self.buf.extend_from_slice(frame);
-        self.pong = Some((start, self.buf.len()));
     }
 }
 
-/// The whole length of the frame starting at `b[0]`, if its header is all in `b`.
-fn frame_len(b: &[u8]) -> Option<u64> {
-    let len7 = *b.get(1)? & 0x7F;
-    let masked = b[1] & 0x80 != 0;
-    let (ext, payload) = match len7 {
-        126 => (2, u16::from_be_bytes(b.get(2..4)?.try_into().ok()?) as u64),
-        127 => (8, u64::from_be_bytes(b.get(2..10)?.try_into().ok()?)),
-        n => (0, n as u64),
-    };
-    let head = 2 + ext + if masked { 4 } else { 0 };
-    Some(head as u64 + payload)
-}
+impl Job for WriteBatch {
+    /// Always takes all of `buf` (see the module docs for what bounds the buffer).
+    fn poll_write<S: AsyncWrite + Unpin>(
+        &mut self,
+        inner: &mut S,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.pending() >= BATCH_BYTES {
+            // A large batch goes out in BATCH_BYTES pieces rather than piling up; if the socket
+            // is full, the flush will wait for it.
+            if let Poll::Ready(Err(e)) = self.poll_write_out(inner, cx) {
+                return Poll::Ready(Err(e));
+            }
+        }
+        self.take(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
 
-impl<S: AsyncWrite + Unpin> WriteBatch<S> {
     /// Writes the buffer out; once it is all written, frees it.
-    fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_write_out<S: AsyncWrite + Unpin>(
+        &mut self,
+        inner: &mut S,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
         while self.written < self.buf.len() {
-            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.buf[self.written..]))?;
+            let n = ready!(Pin::new(&mut *inner).poll_write(cx, &self.buf[self.written..]))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
@@ -156,52 +138,13 @@ impl<S: AsyncWrite + Unpin> WriteBatch<S> {
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for WriteBatch<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for WriteBatch<S> {
-    /// Always takes all of `buf` (see the module docs for what bounds the buffer).
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        if this.pending() >= BATCH_BYTES {
-            // A large batch goes out in BATCH_BYTES pieces rather than piling up; if the socket
-            // is full, the flush will wait for it.
-            if let Poll::Ready(Err(e)) = this.poll_write_out(cx) {
-                return Poll::Ready(Err(e));
-            }
-        }
-        this.take(buf);
-        Poll::Ready(Ok(buf.len()))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        ready!(this.poll_write_out(cx))?;
-        Pin::new(&mut this.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        ready!(this.poll_write_out(cx))?;
-        Pin::new(&mut this.inner).poll_shutdown(cx)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::io_layer::Layer;
     use tokio::io::AsyncWriteExt;
+
+    const OP_PONG: u8 = 0x8A; // FIN + pong
 
     /// A socket with `room` bytes of space left (then it would block) that takes at most `limit`
     /// bytes per write, recording what it took and how many writes took it.
@@ -260,14 +203,14 @@ mod tests {
     }
 
     /// Polls a flush once; true if it completed.
-    fn try_flush(w: &mut WriteBatch<Socket>) -> bool {
+    fn try_flush(w: &mut Layer<WriteBatch, Socket>) -> bool {
         let mut cx = Context::from_waker(std::task::Waker::noop());
         Pin::new(w).poll_flush(&mut cx).is_ready()
     }
 
     #[tokio::test]
     async fn a_batch_goes_out_in_one_write_and_the_buffer_is_freed() {
-        let mut w = WriteBatch::new(Socket::new());
+        let mut w = Layer::new(WriteBatch::new(), Socket::new());
         let mut expected = Vec::new();
         for i in 0..64u8 {
             let f = text(&[b'a' + i % 26; 100]);
@@ -278,12 +221,12 @@ mod tests {
         w.flush().await.unwrap();
         assert_eq!(w.inner.writes, 1);
         assert_eq!(w.inner.taken, expected);
-        assert_eq!(w.buf.capacity(), 0, "a drained buffer is given back");
+        assert_eq!(w.job.buf.capacity(), 0, "a drained buffer is given back");
     }
 
     #[tokio::test]
     async fn a_short_socket_gets_the_rest_in_order() {
-        let mut w = WriteBatch::new(Socket::new());
+        let mut w = Layer::new(WriteBatch::new(), Socket::new());
         w.inner.limit = 7;
         let frames = [text(b"hello"), pong(b"p"), text(b"world")];
         for f in &frames {
@@ -295,17 +238,17 @@ mod tests {
 
     #[test]
     fn a_newer_pong_replaces_an_unwritten_one_and_data_keeps_its_order() {
-        let mut w = WriteBatch::new(Socket::new());
+        let mut w = Layer::new(WriteBatch::new(), Socket::new());
         w.inner.room = 0; // a client that doesn't read
-        w.take(&text(b"a"));
+        w.job.take(&text(b"a"));
         for i in 0..10_000u32 {
-            w.take(&pong(&i.to_be_bytes()));
+            w.job.take(&pong(&i.to_be_bytes()));
         }
-        w.take(&text(b"b"));
-        w.take(&pong(b"last"));
+        w.job.take(&text(b"b"));
+        w.job.take(&pong(b"last"));
         assert!(!try_flush(&mut w));
         assert_eq!(
-            w.pending(),
+            w.job.pending(),
             text(b"a").len() + text(b"b").len() + pong(b"last").len(),
             "one pong pending, not one per ping"
         );
@@ -319,40 +262,27 @@ mod tests {
 
     #[test]
     fn a_pong_already_partly_written_is_not_touched() {
-        let mut w = WriteBatch::new(Socket::new());
-        w.take(&pong(b"first"));
+        let mut w = Layer::new(WriteBatch::new(), Socket::new());
+        w.job.take(&pong(b"first"));
         w.inner.room = 3; // the socket takes 3 bytes of it, then is full
         assert!(!try_flush(&mut w));
-        w.take(&pong(b"second"));
+        w.job.take(&pong(b"second"));
         w.inner.room = usize::MAX;
         assert!(try_flush(&mut w));
         assert_eq!(w.inner.taken, [pong(b"first"), pong(b"second")].concat());
     }
 
     #[test]
-    fn frame_lengths_cover_every_header_form() {
-        assert_eq!(frame_len(&[0x81]), None);
-        assert_eq!(frame_len(&[0x81, 5]), Some(7));
-        assert_eq!(frame_len(&[0x81, 0x85]), Some(11), "masked");
-        assert_eq!(frame_len(&[0x81, 126, 0x01]), None);
-        assert_eq!(frame_len(&[0x81, 126, 0x01, 0x00]), Some(4 + 256));
-        assert_eq!(
-            frame_len(&[0x82, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70]),
-            Some(10 + 70_000)
-        );
-    }
-
-    #[test]
     fn a_frame_split_across_writes_passes_through_whole() {
-        let mut w = WriteBatch::new(Socket::new());
+        let mut w = Layer::new(WriteBatch::new(), Socket::new());
         let big = {
             let mut f = vec![0x81, 126, 0x01, 0x00];
             f.extend(vec![b'x'; 256]);
             f
         };
-        w.take(&big[..100]);
-        w.take(&big[100..]);
-        w.take(&pong(b"p"));
+        w.job.take(&big[..100]);
+        w.job.take(&big[100..]);
+        w.job.take(&pong(b"p"));
         assert!(try_flush(&mut w));
         assert_eq!(w.inner.taken, [big, pong(b"p")].concat());
     }

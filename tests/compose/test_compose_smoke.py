@@ -322,11 +322,11 @@ def stack(request):
 
 
 def _k6_failure(k6: subprocess.CompletedProcess) -> str:
-    """k6's failure as a message: first its own diagnosis (k6/lib/summary.js logs one "wslab:"
-    line per crossed threshold, failed check by server and scenario, and wslab_errors code or
-    unclean-close reason by server), then the end of its output."""
+    """k6's failure as a message: first its own diagnosis (k6/lib/summary.js ends stdout with
+    one "wslab:" line per crossed threshold, failed check by server and scenario, and wslab_errors
+    code or unclean-close reason by server), then the end of its output."""
     output = (k6.stdout or "") + "\n" + (k6.stderr or "")
-    found = [m.group(1) for m in re.finditer(r'msg="(wslab: (?:[^"\\]|\\.)*)"', output)]
+    found = re.findall(r"^wslab: .*$", output, re.MULTILINE)
     lines = [f"k6 exited {k6.returncode}"]
     if found:
         lines += ["what failed (k6/lib/summary.js):", *(f"  {line}" for line in found)]

@@ -18,6 +18,8 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import re
+import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -55,6 +57,8 @@ REASONS = (
     "send_failed",
 )
 OUTCOMES = ("ok", "invalid")
+# ws_broker_publish_failures_total{reason}: PROTOCOL.md section 4.
+BROKER_FAILURE_REASONS = ("unavailable", "overloaded", "lost")
 # name -> (type, help, label names of the plain samples); PROTOCOL.md section 4, verbatim.
 FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "ws_connections": ("gauge", "Open WebSocket connections.", ()),
@@ -90,7 +94,53 @@ FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
         ),
         (),
     ),
+    "ws_build_info": (
+        "gauge",
+        "Build of this server: its name and build profile (constant 1).",
+        ("profile", "server"),
+    ),
+    "ws_node_info": (
+        "gauge",
+        "This node: its id and its broker, redis or none (constant 1).",
+        ("broker", "node_id"),
+    ),
+    "ws_broker_up": (
+        "gauge",
+        (
+            "1 while this node is connected and subscribed to its broker, else 0 "
+            "(always 0 without a broker)."
+        ),
+        (),
+    ),
+    "ws_broker_published_total": (
+        "counter",
+        "Broadcasts this node handed to the broker and the broker confirmed.",
+        (),
+    ),
+    "ws_broker_received_total": (
+        "counter",
+        "Broadcasts this node received from the broker.",
+        (),
+    ),
+    "ws_broker_publish_failures_total": (
+        "counter",
+        (
+            "Broadcasts this node could not confirm to the broker, by reason; "
+            "each was answered with broker_unavailable."
+        ),
+        ("reason",),
+    ),
+    "ws_broker_publish_duration_seconds": (
+        "histogram",
+        (
+            "Time from a broadcast handed to the broker until the broker confirmed it: "
+            "the publish round trip, waiting in the node's publish queue included."
+        ),
+        (),
+    ),
 }
+# Families whose one sample is 1 from start-up, not 0 (the rest start at 0, section 4).
+CONSTANT_ONE_FAMILIES = ("ws_node_info", "ws_build_info")
 REQUIRED_PROCESS_FAMILIES = (
     "process_cpu_seconds_total",
     "process_resident_memory_bytes",
@@ -103,6 +153,12 @@ MAX_SAFE_INT = 2**53 - 1
 def unique_room() -> str:
     """A fresh room name, so tests sharing one server never share a room (or its seq)."""
     return "t" + uuid.uuid4().hex[:16]
+
+
+def default_node_id(pid: int) -> str:
+    """PROTOCOL.md §1: the host name's first 20 characters, any character outside
+    [A-Za-z0-9_.-] replaced by `-`, then `-` and the process id."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname()[:20]) + f"-{pid}"
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = TIMEOUT, interval: float = 0.05):

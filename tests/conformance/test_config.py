@@ -1,10 +1,13 @@
 """PROTOCOL.md section 1, configuration: an invalid value exits with status 2 and one stderr line
-naming the variable and its value; empty counts as unset; LOG_LEVEL is case-insensitive."""
+naming the variable and its value; empty counts as unset; LOG_LEVEL is case-insensitive; an
+address that can't be bound exits with status 1 and one stderr line naming it."""
 
 from __future__ import annotations
 
+import socket
+
 import pytest
-from harness import free_port, run_config_check, running_server
+from harness import SERVER_NAMES, free_port, run_config_check, running_server
 
 from .support import Clients
 
@@ -98,3 +101,17 @@ def test_start_line_shows_effective_config_at_info_only(kind, level, logged):
         assert len(lines) == 1, f"expected one start line with the config:\n{log}"
     else:
         assert lines == [], f"LOG_LEVEL=error, yet the info start line was logged: {lines}"
+
+
+def test_a_taken_port_exits_1_with_one_line_naming_the_address(kind):
+    """Another process listens on WS_HOST:WS_PORT: one stderr line names the address, status 1,
+    the same line from both twins but for the server's name."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = run_config_check(kind, {"WS_HOST": "127.0.0.1", "WS_PORT": str(port)})
+    assert proc.returncode == 1, (proc.returncode, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    expected = f"{SERVER_NAMES[kind]}: cannot listen on 127.0.0.1:{port}: Address already in use"
+    assert lines == [expected], proc.stderr

@@ -348,7 +348,12 @@ LE_STRINGS = [
 
 
 @pytest.mark.parametrize(
-    "family", ["ws_message_handling_duration_seconds", "ws_broadcast_duration_seconds"]
+    "family",
+    [
+        "ws_message_handling_duration_seconds",
+        "ws_broadcast_duration_seconds",
+        "ws_broker_publish_duration_seconds",
+    ],
 )
 def test_le_labels_are_the_canonical_strings(server, family):
     text = server.metrics_text()

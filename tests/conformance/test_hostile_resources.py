@@ -1,17 +1,16 @@
 """Hostile clients that go after resources: PROTOCOL.md §2 (request deadline, out of file
 descriptors) and §3 (pongs are not queued), plus churn and shutdown under load.
 
-Each test bounds itself in count and time and asserts on what the server process itself shows:
-its resident memory and CPU time from /proc/<pid> (both servers run as plain child processes of
-the harness), its log, and its answers on other connections. Timing thresholds leave a wide
-margin against a busy 2-core machine; each one is far from what the defect it catches produces
+Each test bounds itself in count and time and asserts on what the server process itself shows: its
+resident memory, CPU time and open descriptors through psutil (both servers run as plain child
+processes of the harness), its log, and its answers on other connections. Timing thresholds leave a
+wide margin against a busy 2-core machine; each one is far from what the defect it catches produces
 (noted at the threshold).
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import resource
 import select
 import signal
@@ -21,6 +20,7 @@ import subprocess
 import threading
 import time
 
+import psutil
 import pytest
 from harness import run_config_check, running_server
 from wire import raw_http, upgrade_request
@@ -38,24 +38,10 @@ ECHO = b'{"type":"echo","user":"u","text":"t"}'
 HEADER_TIMEOUT = 2  # seconds, for the deadline tests
 
 
-def rss_bytes(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of the process, from /proc/<pid>/stat."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    # fields[0] is state (field 3); utime and stime are fields 14 and 15.
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def open_fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
+def cpu_seconds(proc: psutil.Process) -> float:
+    """User + system CPU time of the process (its children's not included)."""
+    t = proc.cpu_times()
+    return t.user + t.system
 
 
 # --- §2 Request deadline ----------------------------------------------------------------------
@@ -172,12 +158,12 @@ def test_pings_from_a_client_that_never_reads_cost_bounded_memory(server):
     under the pongs' size, the last ping's pong is the last pong, and other clients are served.
 
     A server that queues every pong holds what the kernel buffers can't: about 8 MB here."""
-    pid = server.proc.pid
+    proc = psutil.Process(server.proc.pid)
     with Clients(server) as cs:
         other = cs.join(unique_room())
         flood = cs.raw(f"/ws?room={unique_room()}", rcvbuf=4096)
         assert flood.recv_json()["type"] == "welcome"
-        before = rss_bytes(pid)
+        before = proc.memory_info().rss
         ok0 = value_of(server, "ws_messages_received_total", outcome="ok")
         # Masked with the zero key, so the payload goes as is; 1,000 pings per sendall.
         batch = 1000
@@ -194,7 +180,7 @@ def test_pings_from_a_client_that_never_reads_cost_bounded_memory(server):
             lambda: value_of(server, "ws_messages_received_total", outcome="ok") > ok0, 30
         )
         assert reply_seen, "the server did not get through the pings within 30 s"
-        grown = rss_bytes(pid) - before
+        grown = proc.memory_info().rss - before
         other.assert_alive()
         # Now read: pongs in order, ending with the last ping's.
         pongs, echo = [], None
@@ -247,8 +233,9 @@ def test_out_of_file_descriptors_backs_off_logs_once_and_recovers(kind):
     few seconds once some of them close."""
     with running_server(kind) as server:
         pid, port = server.proc.pid, server.port
+        proc = psutil.Process(pid)
         room = unique_room()
-        limit = open_fds(pid) + 12
+        limit = proc.num_fds() + 12
         _, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
         resource.prlimit(pid, resource.RLIMIT_NOFILE, (limit, hard))
         log_start = len(server.log())
@@ -267,7 +254,7 @@ def test_out_of_file_descriptors_backs_off_logs_once_and_recovers(kind):
             assert len(stuck) >= 3, f"never ran out of descriptors ({len(established)} open)"
             assert len(established) >= 4, f"only {len(established)} connections before the limit"
             # Keep connecting for 4 s, and measure the server's CPU meanwhile.
-            cpu0, t0 = cpu_seconds(pid), time.monotonic()
+            cpu0, t0 = cpu_seconds(proc), time.monotonic()
             attempts = 0
             # Each of these waits in the listen queue until the server accepts it (and sees it
             # closed); 100 of them keep the queue from ever being empty while we measure.
@@ -275,7 +262,7 @@ def test_out_of_file_descriptors_backs_off_logs_once_and_recovers(kind):
                 with socket.create_connection(("127.0.0.1", port), timeout=5):
                     attempts += 1
                 time.sleep(0.04)
-            cpu = cpu_seconds(pid) - cpu0
+            cpu = cpu_seconds(proc) - cpu0
             elapsed = time.monotonic() - t0
             assert cpu < 0.10 * elapsed, f"{cpu:.2f} s of CPU in {elapsed:.1f} s at the limit"
             # Open connections are served as usual.

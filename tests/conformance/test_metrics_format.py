@@ -8,24 +8,41 @@ import math
 from harness import running_server
 
 from .support import (
+    BROKER_FAILURE_REASONS,
     BUCKETS,
+    CONSTANT_ONE_FAMILIES,
     FAMILIES,
     OUTCOMES,
     REASONS,
     REQUIRED_PROCESS_FAMILIES,
     Family,
+    default_node_id,
     le_value,
     parse_metrics,
     scrape,
 )
 
+# Families whose label values name the server and its build, so they differ between the twins by
+# design (rust-ws may be a debug build while python-ws runs on a release CPython): only their label
+# names are compared.
+PER_SERVER_VALUES = ("ws_build_info",)
+PROFILES = ("release", "debug")
+
 
 def shape(fam: Family) -> dict:
     """What must match between servers: type, help, and per sample name its label sets
-    (with `le` as a float, so "5e-06" and "0.000005" are the same bucket)."""
+    (with `le` as a float, so "5e-06" and "0.000005" are the same bucket, and `node_id` left
+    out: each process has its own)."""
     series = set()
     for sname, labels, _ in fam.samples:
-        norm = tuple(sorted((k, le_value(v) if k == "le" else v) for k, v in labels.items()))
+        if fam.name in PER_SERVER_VALUES:
+            series.add((sname, tuple(sorted(labels))))
+            continue
+        norm = tuple(
+            sorted(
+                (k, le_value(v) if k == "le" else v) for k, v in labels.items() if k != "node_id"
+            )
+        )
         series.add((sname, norm))
     return {"type": fam.type, "help": fam.help, "series": series}
 
@@ -49,13 +66,35 @@ def test_families_match_the_contract_on_a_fresh_server(server):
         else:
             assert {s[0] for s in fam.samples} == {name}, (name, fam.samples)
             assert all(tuple(sorted(labels)) == label_names for _, labels, _ in fam.samples)
-            assert all(v == 0 for _, _, v in fam.samples), (name, fam.samples)
+            start = 1 if name in CONSTANT_ONE_FAMILIES else 0
+            assert all(v == start for _, _, v in fam.samples), (name, fam.samples)
 
     reasons = sorted(lab["reason"] for _, lab, _ in ws["ws_closed_conns_errors_total"].samples)
     assert reasons == sorted(REASONS)
     outcomes = sorted(lab["outcome"] for _, lab, _ in ws["ws_messages_received_total"].samples)
     assert outcomes == sorted(OUTCOMES)
+    failures = ws["ws_broker_publish_failures_total"].samples
+    assert sorted(lab["reason"] for _, lab, _ in failures) == sorted(BROKER_FAILURE_REASONS)
     assert len(ws["ws_connections"].samples) == 1
+    # Without a broker: one node_info series saying so, with the default node id (§1).
+    node_info = ws["ws_node_info"].samples
+    expected = {"node_id": default_node_id(server.proc.pid), "broker": "none"}
+    assert [labels for _, labels, _ in node_info] == [expected], node_info
+
+
+def test_build_info_names_server_and_profile(server):
+    """One ws_build_info series, = 1, naming this server and a build profile; the start-up line
+    names the same profile, so a debug build is never benchmarked unnoticed."""
+    samples = scrape(server)["ws_build_info"].samples
+    assert len(samples) == 1, samples
+    _, labels, value = samples[0]
+    assert value == 1, samples
+    assert labels["server"] == server.name, labels
+    assert labels["profile"] in PROFILES, labels
+    starts = [ln for ln in server.log().splitlines() if "listening on" in ln]
+    assert len(starts) == 1, f"expected one start-up line:\n{server.log()}"
+    named = [p for p in PROFILES if f"profile={p}" in starts[0]]
+    assert named == [labels["profile"]], f"start-up line vs /metrics {labels}: {starts[0]}"
 
 
 def test_process_families_present_and_nothing_else(server):

@@ -1,7 +1,9 @@
 """Static checks of compose.yaml, .env, prometheus/ and grafana/: the files parse, the real tools
 accept them (docker-compose v1.29 `config`, promtool `check config`, `check rules`, `test rules`),
-and they follow the lab's rules (issue 6). Grafana and cAdvisor can't run on the test machine, so
-their configuration is checked here and their queries in test_dashboard_realdata.py.
+and they follow the lab's rules (pinned images, a comment and a health check per service, equal
+server limits, loopback ports, every metric of PROTOCOL.md §4 on the dashboard). Grafana and
+cAdvisor can't run on the test machine, so their configuration is checked here and their queries in
+test_dashboard_realdata.py.
 
 Run: .venv/bin/pytest tests/dashboard -q
 """
@@ -698,7 +700,7 @@ REQUIRED_METRICS = {
 }
 
 
-def test_dashboard_covers_the_issue_panels(dashboard):
+def test_dashboard_covers_every_metric_with_heatmaps_and_percentiles(dashboard):
     used = set()
     for q in dashboard_queries(dashboard):
         used |= metric_names(q.expr)

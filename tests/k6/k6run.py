@@ -9,13 +9,15 @@ Reusable by any suite that needs real k6 data (the dashboard tests use it to fil
     assert result.returncode == 0, result.output
     result.metric("wslab_rtt{server:rust,scenario:chat}")["p(95)"]   # milliseconds
 
-`run_k6(script, env=None, *, args=(), timeout=300, json_out=False)`:
+`run_k6(script, env=None, *, args=(), timeout=300, json_out=False, apart=False)`:
 - `script`: a name in k6/scripts/ ("both.js") or any path;
 - `env`: extra environment for k6 (merged over os.environ), e.g. SMOKE, SCENARIO, PARALLEL,
   RUST_WS_URL, PYTHON_WS_URL, K6_PROMETHEUS_RW_SERVER_URL;
 - `args`: extra k6 arguments, e.g. ("-o", "experimental-prometheus-rw", "--tag", "testid=x");
 - `timeout`: seconds; k6 is killed and `subprocess.TimeoutExpired` raised past it;
-- `json_out`: also record every sample (`--out json`) into `result.points`.
+- `json_out`: also record every sample (`--out json`) into `result.points`;
+- `apart`: capture stdout apart from stderr, into `result.stdout` (what ends the screen: the
+  summary and the `wslab:` verdict lines); `output` is then stdout followed by stderr.
 
 The returned `K6Result` has `returncode`, `output` (stdout and stderr), `summary` (the
 `--summary-export` JSON; {} when k6 wrote none), `points` (list of
@@ -83,6 +85,8 @@ class K6Result:
     output: str
     summary: dict[str, Any] = field(default_factory=dict)
     points: list[dict[str, Any]] = field(default_factory=list)
+    # stdout alone, with run_k6(..., apart=True); else None (stdout and stderr are one stream).
+    stdout: str | None = None
 
     @property
     def metrics(self) -> dict[str, Any]:
@@ -144,7 +148,7 @@ class K6Result:
         found = self.diagnosis()
         parts.append("what failed (from the summary export):")
         parts += [f"  {line}" for line in found] or ["  nothing in the summary export"]
-        k6_lines = [m.group(1) for m in re.finditer(r'msg="(wslab: (?:[^"\\]|\\.)*)"', self.output)]
+        k6_lines = re.findall(r"^wslab: .*$", self.output, re.MULTILINE)
         if k6_lines:
             parts.append("k6's diagnosis (k6/lib/summary.js):")
             parts += [f"  {line}" for line in k6_lines]
@@ -178,6 +182,7 @@ def run_k6(
     args: Sequence[str] = (),
     timeout: float = 300,
     json_out: bool = False,
+    apart: bool = False,
 ) -> K6Result:
     path = Path(script)
     if not path.is_file():
@@ -207,13 +212,17 @@ def run_k6(
             env=full_env,
             cwd=REPO,
             stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
+            stderr=subprocess.PIPE if apart else subprocess.STDOUT,
             text=True,
             timeout=timeout,
             check=False,
         )
         summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
         points = _read_points(points_path) if json_out and points_path.is_file() else []
+    if apart:
+        return K6Result(
+            proc.returncode, proc.stdout + proc.stderr, summary, points, stdout=proc.stdout
+        )
     return K6Result(proc.returncode, proc.stdout, summary, points)
 
 

@@ -3,7 +3,11 @@
 - every script runs every scenario in SMOKE mode and exits 0 with its thresholds enforced, and
   what k6 says it did matches what the server it targeted counted;
 - both.js lays the two servers out in consecutive windows by default;
-- a script pointed at a dead port exits non-zero and says what to start;
+- a script pointed at a dead port exits non-zero and says what to start, and both.js with one
+  server down ends its stdout with the verdict naming that server, not thresholds of the other;
+- the end-of-test summary leaves out rows that are all zero (per-code error rows and the like);
+- `SCENARIO=all SMOKE=1 both.js` is scheduled for at most 40 s, and the durations README.md and
+  k6/README.md state are what `k6 inspect` schedules;
 - a smoke run pushes to a real Prometheus by remote write, tagged by server, trends as native
   histograms in seconds.
 
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import time
 import urllib.parse
 import uuid
@@ -21,7 +26,8 @@ from datetime import datetime
 
 import pytest
 from harness import free_port, http_get, running_prometheus, running_server
-from k6run import run_k6, server_env
+from k6run import REPO, k6_binary, run_k6, server_env
+from wire import parse_metrics
 
 SCENARIOS = ("sessions", "chat", "echo", "hold")
 SCRIPT_SERVERS = {
@@ -50,11 +56,24 @@ def smoke_env(servers):
     return {"SMOKE": "1", **server_env(servers["rust"], servers["python"])}
 
 
+def samples(server, name: str) -> list[tuple[dict[str, str], float]]:
+    """(labels, value) of every sample called name on the server's /metrics, parsed by the
+    suite's own Prometheus text parser (tests/wire.py)."""
+    found = [
+        (labels, value)
+        for family in parse_metrics(server.metrics_text()).values()
+        for sample_name, labels, value in family.samples
+        if sample_name == name
+    ]
+    assert found, f"{server.name} /metrics has no {name}"
+    return found
+
+
 def counter(server, name: str) -> float:
     """A label-less sample from the server's /metrics."""
-    match = re.search(rf"^{name} (\S+)$", server.metrics_text(), re.MULTILINE)
-    assert match, f"{server.name} /metrics has no {name}"
-    return float(match.group(1))
+    [(labels, value)] = samples(server, name)
+    assert labels == {}, (server.name, name, labels)
+    return value
 
 
 def wait_connections_zero(server, timeout: float = 10.0) -> float:
@@ -79,12 +98,9 @@ def server_counts(servers) -> dict[str, dict[str, float]]:
     """Each server's connections accepted and abnormal ends so far (PROTOCOL.md section 4)."""
     counts = {}
     for kind, server in servers.items():
-        text = server.metrics_text()
-        abnormal = re.findall(r"^ws_closed_conns_errors_total\{[^}]*\} (\S+)$", text, re.MULTILINE)
-        assert abnormal, f"{server.name} /metrics has no ws_closed_conns_errors_total"
         counts[kind] = {
             "accepted": counter(server, "all_ws_connections_total"),
-            "abnormal": sum(float(v) for v in abnormal),
+            "abnormal": sum(v for _, v in samples(server, "ws_closed_conns_errors_total")),
         }
     return counts
 
@@ -129,6 +145,18 @@ def assert_clean_run(result, servers_run, scenarios=SCENARIOS, servers=None, bef
     assert result.count("wslab_unclean_closes") == 0, result.report()
 
 
+# A per-server, per-code row of the end-of-test summary (k6/lib/summary.js), e.g.
+# "      {server:rust,code:bad_welcome} ....... 3 (0.5/s)".
+CODE_ROW = re.compile(r"^\s+\{server:(\w+),code:(\w+)\} \.* ?(\S+)", re.MULTILINE)
+
+
+def assert_no_zero_code_rows(result):
+    """The summary prints a wslab_errors{server,code} row only for a code that moved."""
+    for server, code, shown in CODE_ROW.findall(result.output):
+        count = result.count(f"wslab_errors{{server:{server},code:{code}}}")
+        assert count > 0, (f"an all-zero row was printed: {server} {code} {shown}", result.output)
+
+
 def assert_tagged(points, servers_run, scenarios):
     lab_points = [
         p for p in points if p["metric"].startswith(("wslab_", "ws_")) or p["metric"] == "checks"
@@ -153,6 +181,8 @@ def test_single_server_script_runs_every_scenario(script, servers, smoke_env):
     result = run_k6(script, {**smoke_env, "SCENARIO": "all", "PARALLEL": "1"}, timeout=120)
 
     assert_clean_run(result, (kind,), servers=servers, before=before)
+    assert_no_zero_code_rows(result)
+    assert f"{{server:{kind},code:connect_failed}}" not in result.output, result.output
     # k6's count of sessions is the number of connections the targeted server accepted, and the
     # other server saw none: the numbers are about the server the script names.
     sessions = result.metric("ws_sessions")["count"]
@@ -211,6 +241,33 @@ def test_dead_server_fails_fast_saying_what_to_start(script, kind, var, smoke_en
     assert "start it with" in result.output
     # It failed in setup(): no load was generated.
     assert result.metric("ws_sessions") is None or result.metric("ws_sessions")["count"] == 0
+
+
+def test_one_server_down_ends_with_the_verdict_naming_it(servers, smoke_env):
+    """both.js with python-ws down and rust-ws up: the last lines of stdout are the verdict, and it
+    names python-ws, what to start and nothing about rust-ws (whose thresholds no load could meet);
+    no all-zero error-code row in the summary above it."""
+    port = free_port()
+    env = {**smoke_env, "PYTHON_WS_URL": f"ws://127.0.0.1:{port}/ws"}
+    result = run_k6("both.js", env, timeout=60, apart=True)
+
+    assert result.returncode != 0, result.report()
+    lines = result.stdout.rstrip("\n").splitlines()
+    verdict = []
+    for line in reversed(lines):
+        if not line.startswith("wslab: "):
+            break
+        verdict.insert(0, line)
+    assert verdict, f"stdout does not end with wslab: lines:\n{result.stdout}"
+    assert verdict[-1].startswith(
+        f"wslab: python-ws is not answering at http://127.0.0.1:{port}/healthz "
+        f"(PYTHON_WS_URL=ws://127.0.0.1:{port}/ws)"
+    ), verdict
+    assert "start it with" in verdict[-1], verdict
+    assert not [v for v in verdict if "rust" in v or "threshold crossed" in v], verdict
+    # No row for any of the ~22 error codes per server: none of them moved.
+    assert_no_zero_code_rows(result)
+    assert "code:" not in result.stdout, result.stdout
 
 
 def prom_query(url: str, query: str) -> list[dict]:
@@ -300,12 +357,10 @@ def test_sessions_on_k6_ws_never_lose_a_welcome(servers, smoke_env):
         welcomes = result.count(f"wslab_messages_received{{server:{kind},type:welcome}}")
         assert welcomes == accepted > 0, (kind, welcomes, accepted, result.report())
         assert result.count(f"wslab_errors{{server:{kind},code:k6_dropped_welcome}}") == 0
-        reasons = re.findall(
-            r'^ws_closed_conns_errors_total\{reason="(\w+)"\} (\S+)$',
-            server.metrics_text(),
-            re.MULTILINE,
-        )
-        moved = {r for r, v in reasons if float(v) > 0}
+        reasons = {
+            labels["reason"]: v for labels, v in samples(server, "ws_closed_conns_errors_total")
+        }
+        moved = {r for r, v in reasons.items() if v > 0}
         assert moved <= {"send_failed"}, (kind, reasons)
 
 
@@ -329,3 +384,90 @@ def test_failing_run_says_which_check_server_and_code(servers, smoke_env):
     report = result.report()
     assert f"server=rust scenario=sessions: check 'welcome received' failed {failed} of" in report
     assert f"server=rust: wslab_errors{{code=bad_welcome}} = {failed}" in report
+
+
+# --- scheduled durations: what the docs say against what k6 schedules ----------------------------
+
+SMOKE_ALL_BOUND_S = 40  # SCENARIO=all SMOKE=1 both.js: two windows, not eight
+
+
+def k6_duration_s(text: str) -> float:
+    """k6's Go duration ("2m26.1s", "13.05s", "1h2m") in seconds."""
+    parts = re.findall(r"([\d.]+)(h|ms|m|s)", text)
+    assert parts and "".join(n + u for n, u in parts) == text, text
+    scale = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    return sum(float(n) * scale[u] for n, u in parts)
+
+
+def scheduled_s(script: str, env: dict[str, str]) -> float:
+    """What `k6 inspect` schedules for `script` with `env`: its totalDuration, in seconds."""
+    args = [k6_binary(), "inspect", "--execution-requirements"]
+    for name, value in env.items():
+        args += ["-e", f"{name}={value}"]
+    out = subprocess.run(
+        [*args, str(REPO / "k6" / "scripts" / script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        cwd=REPO,
+    ).stdout
+    return k6_duration_s(json.loads(out)["totalDuration"])
+
+
+def table_rows(markdown: str, header_start: str) -> list[list[str]]:
+    """The body rows of the first table whose header row starts with `header_start`."""
+    lines = markdown.splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith(header_start))
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return rows
+
+
+def seconds(cell: str) -> int:
+    m = re.fullmatch(r"(\d+) s", cell)
+    assert m, f"not a duration in seconds: {cell!r}"
+    return int(m[1])
+
+
+def test_smoke_of_every_scenario_is_scheduled_within_the_bound():
+    took = scheduled_s("both.js", {"SCENARIO": "all", "SMOKE": "1"})
+    assert took <= SMOKE_ALL_BOUND_S, took
+
+
+def test_documented_durations_match_k6_inspect():
+    """k6/README.md's table (every scenario x script x SMOKE) and README.md's window column and
+    both.js figures say what `k6 inspect` schedules, to the second."""
+    k6_readme = (REPO / "k6" / "README.md").read_text()
+    rows = table_rows(k6_readme, "| scenario | rust.js or python.js |")
+    assert [r[0] for r in rows] == [f"`{s}`" for s in (*SCENARIOS, "all")], rows
+    checked = 0
+    for row in rows:
+        scenario = row[0].strip("`")
+        for cell, script, smoke in [
+            (row[1], "rust.js", "0"),
+            (row[2], "rust.js", "1"),
+            (row[3], "both.js", "0"),
+            (row[4], "both.js", "1"),
+        ]:
+            took = scheduled_s(script, {"SCENARIO": scenario, "SMOKE": smoke})
+            assert abs(took - seconds(cell)) < 1, (scenario, script, smoke, took, cell)
+            checked += 1
+    assert checked == 20
+
+    readme = (REPO / "README.md").read_text()
+    for row in table_rows(readme, "| scenario | what it does |"):
+        scenario = re.match(r"`(\w+)`", row[0])[1]
+        default, smoke = (seconds(c.strip()) for c in row[3].split("/"))
+        for cell, flag in [(default, "0"), (smoke, "1")]:
+            took = scheduled_s("rust.js", {"SCENARIO": scenario, "SMOKE": flag})
+            assert abs(took - cell) < 1, (scenario, flag, took, cell)
+    said = re.search(r"`k6 run k6/scripts/both.js` is scheduled for (\d+) s", readme)
+    assert said, "README.md no longer states the default both.js duration"
+    assert abs(scheduled_s("both.js", {}) - int(said[1])) < 1
+    said = re.search(r"`SCENARIO=all SMOKE=1 both.js` is scheduled for (\d+) s", readme)
+    assert said, "README.md no longer states the SCENARIO=all SMOKE=1 both.js duration"
+    assert abs(scheduled_s("both.js", {"SCENARIO": "all", "SMOKE": "1"}) - int(said[1])) < 1

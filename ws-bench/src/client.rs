@@ -285,6 +285,8 @@ pub struct Conn {
     pub ws: Ws,
     pub conn_id: String,
     pub server: String,
+    /// Counts this connection as open while it lives (set by the mode's `Ctx::connect`).
+    pub open: Option<crate::modes::Open>,
 }
 
 fn classify(e: WsError) -> Fail {
@@ -365,6 +367,7 @@ pub async fn connect(
             ws,
             conn_id,
             server,
+            open: None,
         })
     };
     tokio::time::timeout(timeout, fut)

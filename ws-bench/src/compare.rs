@@ -1,4 +1,5 @@
-//! `ws-bench compare`: two servers' runs side by side, the ratios, and issue 8's budgets.
+//! `ws-bench compare`: two servers' runs side by side, the ratios, and the budgets rust-ws is held
+//! to (memory per idle connection, memory coming back, ≥ 5× python-ws, no failed handshake).
 //!
 //! Input is two JSON-lines files of reports (`ws-bench --json ... >> file`), one per server. Runs
 //! are paired by `--label`.
@@ -133,9 +134,8 @@ fn verdict(ok: Option<bool>) -> &'static str {
 }
 
 fn budgets(a: &[Report], b: &[Report], an: &str, bn: &str) -> String {
-    let mut s = format!(
-        "## Budgets ({an}, issue 8)\n\n| budget | {an} | {bn} | verdict |\n|---|---|---|---|\n"
-    );
+    let mut s =
+        format!("## Budgets ({an})\n\n| budget | {an} | {bn} | verdict |\n|---|---|---|---|\n");
     let hold = |rs: &[Report]| {
         rs.iter()
             .filter(|r| r.mode == "hold")

@@ -7,7 +7,7 @@
 //! Run it against a server on loopback (other addresses are refused):
 //!
 //! ```text
-//! cargo run --release -p ws-bench -- --url ws://127.0.0.1:8000/ws --pid $(pgrep -n rust-ws) hold -n 10000
+//! cargo run --release -p ws-bench -- --url ws://127.0.0.1:8000/ws hold -n 10000
 //! cargo run --release -p ws-bench -- echo -c 1000 -d 10                        # closed loop
 //! cargo run --release -p ws-bench -- echo -c 1000 -d 10 --requests-per-conn 5  # then reconnect
 //! cargo run --release -p ws-bench -- broadcast -c 1000 --rooms 10 -d 10        # --rate 0 = closed loop
@@ -19,24 +19,30 @@
 //! ```
 //!
 //! Each run prints one markdown table row (with its header unless `--no-header`), or one JSON
-//! object with `--json`. Server RSS and CPU come from `/proc/PID` with `--pid`, else from the
-//! server's `/metrics` with `--metrics-url`. `bench/run.sh` runs the whole matrix.
+//! object with `--json`. Server RSS and CPU come from `/proc/PID` of the process listening on the
+//! target's port (found, or `--pid`, which must be that process), else from the server's
+//! `/metrics` with `--metrics-url`. A debug build of the server is flagged. Exit status: 0 for a
+//! report, 1 when the run could not measure anything (every handshake failed: stopped early, with
+//! one line saying where and why), 2 for a command line that can't be run. Progress goes to stderr
+//! when it is a terminal. `bench/run.sh` runs the whole matrix.
 
 mod client;
 mod compare;
 mod modes;
 mod probe;
+mod progress;
 mod report;
 mod sys;
 mod target;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::modes::Ctx;
+use crate::modes::{Ctx, Load, Tally};
 use crate::probe::Probe;
 use crate::target::Target;
 
@@ -44,7 +50,11 @@ use crate::target::Target;
 #[command(
     name = "ws-bench",
     version,
-    about = "Low-overhead WebSocket load generator for wslab protocol v1 (loopback only)"
+    about = "Low-overhead WebSocket load generator for wslab protocol v1 (loopback only)",
+    after_help = "Exit status: 0 a report was printed; 1 the run could not measure what it was asked \
+(no handshake succeeded: it stops within a second or 32 failures, with one line saying where and \
+why); 2 the command line can't be run (bad values, a --pid that is not the server).\n\
+Progress (phase, time, connections open) goes to stderr when it is a terminal."
 )]
 struct Cli {
     #[command(flatten)]
@@ -53,137 +63,99 @@ struct Cli {
     mode: Mode,
 }
 
+/// The options every load mode shares (global: they may come before or after the mode).
 #[derive(Args, Debug)]
-struct Common {
+pub struct Common {
     /// WebSocket endpoint; must be on loopback.
     #[arg(long, global = true, default_value = "ws://127.0.0.1:8000/ws")]
-    url: String,
-    /// Server process id: RSS and CPU from /proc/PID.
+    pub url: String,
+    /// Server process id: RSS and CPU from /proc/PID. It must own the socket listening on --url's
+    /// port; default: the one process listening there.
     #[arg(long, global = true)]
-    pid: Option<i32>,
-    /// Server metrics URL (loopback): RSS and CPU from its process metrics when there is no --pid,
-    /// and ws_connections for the hold mode.
+    pub pid: Option<i32>,
+    /// Server metrics URL (loopback): RSS and CPU from its process metrics when no server process
+    /// is known, and ws_connections for the hold mode. The server's build (ws_build_info) is read
+    /// here, else at /metrics on --url's host and port.
     #[arg(long, global = true)]
-    metrics_url: Option<String>,
+    pub metrics_url: Option<String>,
     /// One JSON object per run instead of a markdown row.
     #[arg(long, global = true)]
-    json: bool,
+    pub json: bool,
     /// Print only the row, not the header.
     #[arg(long, global = true)]
-    no_header: bool,
+    pub no_header: bool,
     /// Name of this run in the output (compare pairs runs by it).
     #[arg(long, global = true, default_value = "")]
-    label: String,
+    pub label: String,
     /// Client worker threads; default: the cores this process may use.
     #[arg(long, global = true)]
-    threads: Option<usize>,
+    pub threads: Option<usize>,
     /// Handshakes in flight at once.
     #[arg(long, global = true, default_value_t = 256)]
-    connect_concurrency: usize,
+    pub connect_concurrency: usize,
     /// Seconds allowed for TCP connect + upgrade + welcome.
     #[arg(long, global = true, default_value_t = 10.0)]
-    connect_timeout: f64,
+    pub connect_timeout: f64,
     /// Client read buffer per connection, bytes; default 4096, and 16384 for broadcast, whose
     /// receivers read many small frames at a time.
     #[arg(long, global = true)]
-    read_buffer: Option<usize>,
+    pub read_buffer: Option<usize>,
     /// Spread connections over this many loopback source addresses (127.0.0.2, 127.0.0.3, ...);
     /// 0 = the kernel's choice (127.0.0.1). Each source address gives ~28,000 ephemeral ports
     /// towards one server port, so 100,000 connections need at least 4.
     #[arg(long, global = true, default_value_t = 0)]
-    source_addrs: u8,
+    pub source_addrs: u8,
     /// Characters of `text` per message (1-4096).
     #[arg(long, global = true, default_value_t = 16)]
-    text_len: usize,
+    pub text_len: usize,
+}
+
+/// What a run ends with: `status` 2 for a command line that can't be run (clap's own status
+/// for usage errors), 1 for a run that could not measure what it was asked (nothing answered, or
+/// every handshake failed). `line` is printed as one last line on stderr, after `ws-bench: `.
+#[derive(Debug, PartialEq)]
+pub struct Failure {
+    pub status: u8,
+    pub line: String,
+}
+
+impl Failure {
+    /// The run started but could not measure what it was asked.
+    pub fn unmeasured(line: impl Into<String>) -> Failure {
+        Failure {
+            status: 1,
+            line: line.into(),
+        }
+    }
+}
+
+impl From<String> for Failure {
+    /// A bad command line or option value: a usage error.
+    fn from(line: String) -> Failure {
+        Failure { status: 2, line }
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(line: &str) -> Failure {
+        Failure::from(line.to_string())
+    }
 }
 
 #[derive(Subcommand, Debug)]
 enum Mode {
     /// Open N connections at a rate, hold them, close; report server RSS per connection.
-    Hold {
-        #[arg(short = 'n', long, default_value_t = 10_000)]
-        connections: u64,
-        /// New connections per second; 0 = as fast as --connect-concurrency allows (a storm).
-        #[arg(long, default_value_t = 0.0)]
-        rate: f64,
-        /// Seconds to hold all connections open.
-        #[arg(long, default_value_t = 10.0)]
-        hold_secs: f64,
-        /// Seconds after the last close before reading idle RSS again.
-        #[arg(long, default_value_t = 5.0)]
-        settle_secs: f64,
-        /// Don't exchange a message after the welcome (same as --exchange none).
-        #[arg(long)]
-        no_exchange: bool,
-        /// What each connection sends once after its welcome.
-        #[arg(long, value_enum, default_value = "echo")]
-        exchange: modes::Exchange,
-        /// How each connection ends: a close handshake, or an abrupt reset (SO_LINGER 0, RST).
-        #[arg(long, value_enum, default_value = "close")]
-        end: modes::End,
-        /// Open the connections from this many helper processes (each has its own open-files
-        /// limit); 1 = this process.
-        #[arg(long, default_value_t = 1)]
-        procs: usize,
-    },
+    Hold(modes::HoldArgs),
     /// A hold's helper process (started by `hold --procs`; not for direct use).
     #[command(hide = true)]
-    HoldAgent {
-        #[arg(short = 'n', long)]
-        connections: u64,
-        #[arg(long, default_value_t = 0.0)]
-        rate: f64,
-        #[arg(long, value_enum)]
-        exchange: modes::Exchange,
-        #[arg(long, value_enum)]
-        end: modes::End,
-        #[arg(long, default_value_t = 0)]
-        index: u64,
-    },
+    HoldAgent(modes::AgentArgs),
     /// Closed-loop echo request/response on C connections.
-    Echo {
-        #[arg(short = 'c', long, default_value_t = 1000)]
-        connections: u64,
-        #[arg(short = 'd', long, default_value_t = 10.0)]
-        duration_secs: f64,
-        /// Close and reconnect after this many requests; 0 = never.
-        #[arg(long, default_value_t = 0)]
-        requests_per_conn: u64,
-        /// Open loop: this many requests per second in all, on a fixed schedule, latency from
-        /// each one's scheduled time; 0 = closed loop.
-        #[arg(long, default_value_t = 0.0)]
-        rate: f64,
-        /// Bytes per request on the wire (past 4,096 characters of text, an ignored `pad` field
-        /// fills it); 0 = a message with --text-len characters of text.
-        #[arg(long, default_value_t = 0)]
-        msg_bytes: usize,
-        /// Open loop: longest wait after the window for outstanding replies.
-        #[arg(long, default_value_t = 5.0)]
-        drain_secs: f64,
-    },
+    Echo(modes::EchoArgs),
     /// C connections over R rooms, each sending broadcasts; deliveries/s and fan-out latency.
-    Broadcast {
-        #[arg(short = 'c', long, default_value_t = 1000)]
-        connections: u64,
-        #[arg(long, default_value_t = 10)]
-        rooms: u64,
-        /// Broadcasts per second per connection; 0 = closed loop (next when your own returns).
-        #[arg(long, default_value_t = 0.0)]
-        rate: f64,
-        #[arg(short = 'd', long, default_value_t = 10.0)]
-        duration_secs: f64,
-        /// Longest wait after the last send for every owed delivery to arrive.
-        #[arg(long, default_value_t = 10.0)]
-        drain_secs: f64,
-    },
+    Broadcast(modes::BroadcastArgs),
     /// Connect, broadcast, receive own message, close, as fast as possible on C workers.
-    Sessions {
-        #[arg(short = 'c', long, default_value_t = 50)]
-        workers: u64,
-        #[arg(short = 'd', long, default_value_t = 10.0)]
-        duration_secs: f64,
-    },
-    /// Two JSON-lines result files side by side, with ratios and issue 8's budgets.
+    Sessions(modes::SessionArgs),
+    /// Two JSON-lines result files side by side, with ratios and the budgets rust-ws is held to.
     Compare {
         a: std::path::PathBuf,
         b: std::path::PathBuf,
@@ -192,7 +164,8 @@ enum Mode {
     Show { file: std::path::PathBuf },
 }
 
-fn secs(s: f64, what: &str) -> Result<Duration, String> {
+/// Seconds from the command line as a `Duration`, within a day.
+pub fn secs(s: f64, what: &str) -> Result<Duration, String> {
     if s.is_finite() && (0.0..=86_400.0).contains(&s) {
         Ok(Duration::from_secs_f64(s))
     } else {
@@ -206,30 +179,41 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("ws-bench: {e}");
-            ExitCode::from(2)
+        Err(f) => {
+            eprintln!("ws-bench: {}", f.line);
+            ExitCode::from(f.status)
         }
     }
 }
 
-fn run(cli: Cli) -> Result<(), String> {
-    let load = |p: &std::path::Path| {
+/// Dispatches to the mode: each one owns its options (`modes/*.rs`); what every load mode shares
+/// (the target, the probe, the runtime, the output) is [`load`].
+fn run(cli: Cli) -> Result<(), Failure> {
+    let read = |p: &std::path::Path| {
         let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
         compare::load(&text).map_err(|e| format!("{}: {e}", p.display()))
     };
-    match &cli.mode {
+    let c = &cli.common;
+    match cli.mode {
         Mode::Compare { a, b } => {
-            print!("{}", compare::render(&load(a)?, &load(b)?));
-            return Ok(());
+            print!("{}", compare::render(&read(&a)?, &read(&b)?));
+            Ok(())
         }
         Mode::Show { file } => {
-            print!("{}", compare::show(&load(file)?));
-            return Ok(());
+            print!("{}", compare::show(&read(&file)?));
+            Ok(())
         }
-        _ => {}
+        Mode::Hold(m) => load(c, m),
+        Mode::HoldAgent(m) => load(c, m),
+        Mode::Echo(m) => load(c, m),
+        Mode::Broadcast(m) => load(c, m),
+        Mode::Sessions(m) => load(c, m),
     }
-    let c = &cli.common;
+}
+
+/// One load run: checks the common options and the mode's, builds the context and the runtime,
+/// runs the mode and prints its report.
+fn load<L: Load>(c: &Common, mode: L) -> Result<(), Failure> {
     let target = Target::parse(&c.url, "ws")?;
     let metrics = c
         .metrics_url
@@ -238,11 +222,17 @@ fn run(cli: Cli) -> Result<(), String> {
         .transpose()?;
     if let Some(pid) = c.pid {
         if sys::proc_rss(Some(pid)).is_none() {
-            return Err(format!(
-                "--pid {pid}: no such process (or /proc/{pid}/status unreadable)"
-            ));
+            return Err(
+                format!("--pid {pid}: no such process (or /proc/{pid}/status unreadable)").into(),
+            );
         }
     }
+    // The process measured must be the one serving the target's port.
+    let (pid, pid_note) = if L::MEASURES {
+        probe::server_pid(c.pid, target.addr)?
+    } else {
+        (None, None)
+    };
     if !(1..=4096).contains(&c.text_len) {
         return Err("--text-len must be 1-4096 (the protocol's text limit)".into());
     }
@@ -250,48 +240,25 @@ fn run(cli: Cli) -> Result<(), String> {
         return Err("--connect-concurrency must be at least 1".into());
     }
     let nofile = sys::raise_nofile().map_err(|e| format!("cannot raise RLIMIT_NOFILE: {e}"))?;
-    let needed = match &cli.mode {
-        Mode::Hold {
-            connections, procs, ..
-        } => connections.div_ceil((*procs).max(1) as u64),
-        Mode::HoldAgent { connections, .. }
-        | Mode::Echo { connections, .. }
-        | Mode::Broadcast { connections, .. } => *connections,
-        Mode::Sessions { workers, .. } => *workers,
-        Mode::Compare { .. } | Mode::Show { .. } => 0,
-    };
+    let needed = mode.sockets();
     if needed + 64 > nofile {
         return Err(format!(
             "{needed} connections need more file descriptors than RLIMIT_NOFILE allows ({nofile}) in one process: spread them with hold --procs"
-        ));
+        )
+        .into());
     }
     if c.source_addrs > 0 && !target.addr.is_ipv4() {
         return Err("--source-addrs needs an IPv4 (127.x) target".into());
     }
-    if let Mode::Echo { msg_bytes, .. } = &cli.mode {
-        if *msg_bytes > 64 << 20 {
-            return Err("--msg-bytes: at most 64 MiB".into());
-        }
-    }
-    if let Mode::Hold { procs, .. } = &cli.mode {
-        if !(1..=64).contains(procs) {
-            return Err("--procs must be 1-64".into());
-        }
-    }
+    let read_buffer = c.read_buffer.unwrap_or(mode.read_buffer());
+    let opts = mode.opts(c, read_buffer)?;
     let sources: Vec<std::net::IpAddr> = (0..c.source_addrs)
         .map(|k| std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2 + k)))
         .collect();
-    let read_buffer = c.read_buffer.unwrap_or(match cli.mode {
-        Mode::Broadcast { .. } => 16 * 1024,
-        _ => 4096,
-    });
     let threads = c.threads.unwrap_or_else(sys::usable_cores).max(1);
-    let ctx = Ctx {
+    let mut ctx = Ctx {
         target,
-        probe: Probe {
-            pid: c.pid,
-            metrics,
-        },
+        probe: Probe { pid, metrics },
         cfg: client::ws_config(read_buffer.max(256)),
         connect_timeout: secs(c.connect_timeout, "--connect-timeout")?,
         connect_sem: Arc::new(tokio::sync::Semaphore::new(c.connect_concurrency)),
@@ -300,7 +267,12 @@ fn run(cli: Cli) -> Result<(), String> {
         label: c.label.clone(),
         sources: Arc::new(sources),
         next_source: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        build: None,
+        notes: pid_note.into_iter().collect(),
+        tally: Arc::new(Tally::default()),
     };
+    let tally = ctx.tally.clone();
+    let url = ctx.target.ws_uri(None);
     // One thread: the current-thread scheduler, which skips work-stealing's atomics.
     let rt = if threads == 1 {
         tokio::runtime::Builder::new_current_thread()
@@ -313,121 +285,45 @@ fn run(cli: Cli) -> Result<(), String> {
             .build()
     }
     .map_err(|e| format!("tokio runtime: {e}"))?;
-    let report = match cli.mode {
-        Mode::Hold {
-            connections,
-            rate,
-            hold_secs,
-            settle_secs,
-            no_exchange,
-            exchange,
-            end,
-            procs,
-        } => {
-            // What a helper process needs to connect as this one would; each gets its share of
-            // the handshakes in flight.
-            let mut agent_args = vec![
-                "--url".to_string(),
-                c.url.clone(),
-                "--connect-timeout".into(),
-                c.connect_timeout.to_string(),
-                "--read-buffer".into(),
-                read_buffer.to_string(),
-                "--text-len".into(),
-                c.text_len.to_string(),
-                "--source-addrs".into(),
-                c.source_addrs.to_string(),
-                "--connect-concurrency".into(),
-                (c.connect_concurrency / procs.max(1)).max(1).to_string(),
-            ];
-            if let Some(t) = c.threads {
-                agent_args.extend(["--threads".into(), t.to_string()]);
-            }
-            let o = modes::HoldOpts {
-                connections,
-                rate: rate.max(0.0),
-                hold: secs(hold_secs, "--hold-secs")?,
-                settle: secs(settle_secs, "--settle-secs")?,
-                exchange: if no_exchange {
-                    modes::Exchange::None
-                } else {
-                    exchange
-                },
-                end,
-                procs,
-                agent_args,
-            };
-            rt.block_on(modes::hold(ctx, o))
+    // A run in which no handshake succeeds is given up as soon as that is clear, not at the end
+    // of its duration.
+    let report = rt.block_on(async {
+        if !L::MEASURES {
+            return L::run(ctx, opts).await;
         }
-        Mode::HoldAgent {
-            connections,
-            rate,
-            exchange,
-            end,
-            index,
-        } => {
-            let r = rt.block_on(modes::agent(
-                ctx,
-                connections,
-                rate.max(0.0),
-                exchange,
-                end,
-                index,
-            ));
-            rt.shutdown_timeout(Duration::from_secs(1));
-            return r;
+        // A debug build is easy to benchmark by mistake: say so now, and in the row.
+        ctx.build = ctx.probe.build_info(&ctx.target).await;
+        if let Some(b) = ctx.build.as_ref().filter(|b| b.profile == "debug") {
+            eprintln!(
+                "ws-bench: warning: {} at {} is a debug build (ws_build_info profile=\"debug\"): its figures are not the release server's",
+                b.server, ctx.target.addr
+            );
         }
-        Mode::Echo {
-            connections,
-            duration_secs,
-            requests_per_conn,
-            rate,
-            msg_bytes,
-            drain_secs,
-        } => {
-            if rate > 0.0 && requests_per_conn > 0 {
-                return Err("--rate (open loop) and --requests-per-conn don't go together".into());
-            }
-            let o = modes::EchoOpts {
-                connections,
-                duration: secs(duration_secs, "--duration-secs")?,
-                requests_per_conn: (requests_per_conn > 0).then_some(requests_per_conn),
-                rate: if rate.is_finite() { rate.max(0.0) } else { 0.0 },
-                msg_bytes,
-                drain: secs(drain_secs, "--drain-secs")?,
-            };
-            rt.block_on(modes::echo(ctx, o))
+        // Progress on a terminal only: scripts reading stderr get nothing new.
+        let progress = std::io::stderr()
+            .is_terminal()
+            .then(|| tokio::spawn(progress::show(tally.clone())));
+        let r = tokio::select! {
+            r = L::run(ctx, opts) => r,
+            why = tally.given_up(&url) => Err(Failure::unmeasured(why)),
+        };
+        if let Some(p) = progress {
+            p.abort();
+            let _ = p.await;
+            progress::clear();
         }
-        Mode::Broadcast {
-            connections,
-            rooms,
-            rate,
-            duration_secs,
-            drain_secs,
-        } => {
-            let o = modes::BroadcastOpts {
-                connections,
-                rooms,
-                rate: rate.max(0.0),
-                duration: secs(duration_secs, "--duration-secs")?,
-                drain: secs(drain_secs, "--drain-secs")?,
-            };
-            rt.block_on(modes::broadcast(ctx, o))
-        }
-        Mode::Sessions {
-            workers,
-            duration_secs,
-        } => {
-            let o = modes::SessionOpts {
-                workers,
-                duration: secs(duration_secs, "--duration-secs")?,
-            };
-            rt.block_on(modes::sessions(ctx, o))
-        }
-        Mode::Compare { .. } | Mode::Show { .. } => unreachable!("handled above"),
-    };
+        r
+    });
     // Don't wait for stragglers (aborted tasks, a metrics scrape): the report is complete.
     rt.shutdown_timeout(Duration::from_secs(1));
+    let Some(report) = report? else {
+        return Ok(()); // a helper process: it printed its own lines
+    };
+    // A short run may end before the give-up rule fires: with nothing connected it still
+    // measured nothing.
+    if let Some(why) = tally.nothing_worked(&url).filter(|_| L::MEASURES) {
+        return Err(Failure::unmeasured(why));
+    }
     if c.json {
         println!(
             "{}",
@@ -461,23 +357,20 @@ mod tests {
         ])
         .unwrap();
         assert!(cli.common.json);
-        assert!(matches!(
-            cli.mode,
-            Mode::Echo {
-                connections: 5,
-                requests_per_conn: 5,
-                ..
-            }
-        ));
+        let Mode::Echo(e) = cli.mode else {
+            panic!("{:?}", cli.mode)
+        };
+        assert_eq!((e.connections, e.requests_per_conn), (5, 5));
     }
 
     #[test]
     fn refuses_non_loopback_and_bad_values() {
         let cli =
             Cli::try_parse_from(["ws-bench", "--url", "ws://10.1.2.3:8000/ws", "echo"]).unwrap();
-        assert!(run(cli).unwrap_err().contains("loopback"));
+        let f = run(cli).unwrap_err();
+        assert!(f.line.contains("loopback") && f.status == 2, "{f:?}");
         let cli = Cli::try_parse_from(["ws-bench", "--text-len", "0", "echo"]).unwrap();
-        assert!(run(cli).unwrap_err().contains("text-len"));
+        assert!(run(cli).unwrap_err().line.contains("text-len"));
         assert!(secs(f64::NAN, "x").is_err());
         assert!(secs(-1.0, "x").is_err());
     }

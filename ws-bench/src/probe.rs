@@ -1,10 +1,16 @@
 //! Watching the server under test: RSS and CPU from `/proc/PID` when given `--pid`, else from its
 //! Prometheus process metrics (`process_resident_memory_bytes`, `process_cpu_seconds_total`).
 //!
+//! Which process that is gets checked: a `--pid` must own the socket listening on the target's
+//! port (`pgrep -n rust-ws` picks whichever started last, not necessarily the one under load),
+//! and without `--pid` the one process listening there is found and used ([`server_pid`]).
+//! The server's `ws_build_info` says whether it is a debug build ([`Probe::build_info`]).
+//!
 //! The modes ask a [`Probe`] for one reading at a time, or start an [`RssWatch`] over their
 //! measured window. `/metrics` is fetched with one bounded HTTP/1.0 GET and read by the
 //! `prometheus-parse` crate (the parser rust-ws's tests use too).
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -80,6 +86,16 @@ impl Probe {
         histogram_value(&text, name)
     }
 
+    /// The server's build, from its `/metrics`: at `--metrics-url`, else at `/metrics` on the
+    /// target's own host and port (where both twins serve it). `None` if it can't be read.
+    pub async fn build_info(&self, target: &Target) -> Option<BuildInfo> {
+        let at = self.metrics.clone().unwrap_or_else(|| Target {
+            path: "/metrics".into(),
+            ..target.clone()
+        });
+        build_info(&scrape(&at).await.ok()?)
+    }
+
     /// Samples RSS in the background until the returned guard is stopped; keeps the maximum.
     pub fn watch_rss(&self) -> RssWatch {
         let max = Arc::new(AtomicU64::new(0));
@@ -125,6 +141,77 @@ impl RssWatch {
             0 => None,
             m => Some(m),
         }
+    }
+}
+
+/// The process to measure for a server listening at `to`, and a note saying how it was found.
+///
+/// With `--pid`: that process must hold the socket listening on `to`'s port (in its own network
+/// namespace, so a container's server checks out too), else an error naming who does. If nothing
+/// listens at all there is nothing to check: the run fails on its handshakes instead.
+/// Without: the one process holding that socket (parent and forked children count as several:
+/// then none is picked and the note says to pass `--pid`).
+pub fn server_pid(
+    pid: Option<i32>,
+    to: SocketAddr,
+) -> Result<(Option<i32>, Option<String>), String> {
+    let here = sys::listening_inodes(None, to);
+    let name = |p: i32| format!("{p} ({})", sys::comm(p));
+    let owners = || {
+        let h = sys::holders(&here);
+        match h.as_slice() {
+            [] => "nobody this user can see".to_string(),
+            _ => h.iter().map(|&p| name(p)).collect::<Vec<_>>().join(", "),
+        }
+    };
+    if let Some(pid) = pid {
+        let theirs = sys::listening_inodes(Some(pid), to);
+        let holds = !theirs.is_empty() && sys::holds_any(pid, &theirs) == Some(true);
+        if holds || here.is_empty() {
+            return Ok((Some(pid), None));
+        }
+        return Err(format!(
+            "--pid {} does not own the socket listening on {to} (held by {}): its figures would be another process's",
+            name(pid),
+            owners()
+        ));
+    }
+    if here.is_empty() {
+        return Ok((None, None));
+    }
+    let h = sys::holders(&here);
+    match h.as_slice() {
+        // A port forwarder (compose's docker-proxy) holds the socket, not the server.
+        [p] if sys::comm(*p).contains("proxy") => Ok((
+            None,
+            Some(format!(
+                "the socket on port {} is held by {}, a forwarder, not a server: pass --pid",
+                to.port(),
+                name(*p)
+            )),
+        )),
+        [p] => Ok((
+            Some(*p),
+            Some(format!(
+                "server pid {} found listening on port {}",
+                name(*p),
+                to.port()
+            )),
+        )),
+        [] => Ok((None, None)),
+        several => Ok((
+            None,
+            Some(format!(
+                "{} processes hold the socket on port {} ({}): pass --pid to measure one",
+                several.len(),
+                to.port(),
+                several
+                    .iter()
+                    .map(|&p| name(p))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        )),
     }
 }
 
@@ -176,6 +263,27 @@ pub fn metric_value(text: &str, name: &str) -> Option<f64> {
         }
         _ => None,
     })
+}
+
+/// The server's `ws_build_info{server=...,profile=...} 1`: which twin, and whether it was built for
+/// release or debug. `None` if the gauge isn't there (a server older than it).
+pub fn build_info(text: &str) -> Option<BuildInfo> {
+    let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).ok()?;
+    scrape.samples.into_iter().find_map(|s| {
+        if s.metric != "ws_build_info" {
+            return None;
+        }
+        Some(BuildInfo {
+            server: s.labels.get("server").unwrap_or("?").to_string(),
+            profile: s.labels.get("profile")?.to_string(),
+        })
+    })
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BuildInfo {
+    pub server: String,
+    pub profile: String,
 }
 
 /// A Prometheus histogram as scraped: cumulative counts by upper bound (`le`, ending at +Inf)
@@ -327,6 +435,32 @@ mod tests {
         assert!((p50 - 0.000505).abs() < 1e-9, "{p50}");
         assert_eq!(PromHist::default().quantile(0.5), None);
         assert!(histogram_value(&scrape(1, 1, 1, 0.0), "missing").is_none());
+    }
+
+    #[test]
+    fn reads_build_info() {
+        let text = "# HELP ws_build_info Which server this is and how it was built.\n\
+                    # TYPE ws_build_info gauge\n\
+                    ws_build_info{server=\"rust-ws\",profile=\"debug\"} 1\n\
+                    ws_connections 0\n";
+        assert_eq!(
+            build_info(text),
+            Some(BuildInfo {
+                server: "rust-ws".into(),
+                profile: "debug".into()
+            })
+        );
+        // Label order is free; a float value (prometheus_client writes 1.0) is the same.
+        let text = "ws_build_info{profile=\"release\",server=\"python-ws\"} 1.0\n";
+        let b = build_info(text).unwrap();
+        assert_eq!(
+            (b.server.as_str(), b.profile.as_str()),
+            ("python-ws", "release")
+        );
+        // A server without the gauge, or one without a profile: unknown, not a guess.
+        assert_eq!(build_info("ws_connections 3\n"), None);
+        assert_eq!(build_info("ws_build_info{server=\"rust-ws\"} 1\n"), None);
+        assert_eq!(build_info(""), None);
     }
 
     #[test]

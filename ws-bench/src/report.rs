@@ -211,6 +211,12 @@ pub struct BroadcastStats {
 pub struct Report {
     pub label: String,
     pub server: String,
+    /// The server process measured (`--pid`, or the one found listening on the target's port).
+    #[serde(default)]
+    pub server_pid: Option<i32>,
+    /// The server's build profile from its `ws_build_info` gauge (`release`, `debug`), if shown.
+    #[serde(default)]
+    pub server_profile: Option<String>,
     pub mode: String,
     pub url: String,
     pub connections: u64,
@@ -246,6 +252,12 @@ pub struct Report {
 }
 
 impl Report {
+    /// The server said (`ws_build_info`) it is a debug build: its figures are not the release
+    /// server's.
+    pub fn is_debug_build(&self) -> bool {
+        self.server_profile.as_deref() == Some("debug")
+    }
+
     pub fn failed_handshakes(&self) -> u64 {
         self.connect_failures.values().sum()
     }
@@ -340,8 +352,13 @@ impl Report {
         } else {
             self.label.clone()
         };
+        let server = if self.is_debug_build() {
+            format!("{} ⚠ DEBUG BUILD", self.server)
+        } else {
+            self.server.clone()
+        };
         let mut v = vec![
-            self.server.clone(),
+            server,
             run,
             self.connections.to_string(),
             num(self.req_per_s),
@@ -460,6 +477,10 @@ mod tests {
         let cells = |s: &str| s.lines().next().unwrap().matches(" | ").count();
         assert_eq!(cells(&r.header()), cells(&r.row()));
         assert!(r.row().contains("2.00×"));
+        assert!(r.row().starts_with("| rust-ws | hold |"));
+        r.server_profile = Some("debug".into());
+        assert!(r.row().starts_with("| rust-ws ⚠ DEBUG BUILD | hold |"));
+        assert_eq!(cells(&r.header()), cells(&r.row()));
         assert!(r.row().contains("1/10"));
         assert!(!r.row().contains("a | b"));
         let back: Report = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();

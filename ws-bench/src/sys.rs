@@ -1,13 +1,17 @@
-//! What the kernel can tell about a process: resident memory, CPU time, file-descriptor limits.
+//! What the kernel can tell about a process: resident memory, CPU time, file-descriptor limits,
+//! and which process owns the socket a server listens on.
 //!
-//! `/proc/PID/{stat,status}` are read and parsed by the `procfs` crate; the limit is read and
+//! `/proc/PID/{stat,status,fd,net/tcp,net/tcp6}` are read and parsed by the `procfs` crate; the limit is read and
 //! raised through `rustix`'s safe `getrlimit`/`setrlimit`. This file only picks the fields
 //! ws-bench reports and puts them in its units (seconds, bytes, percent of a core).
 
+use std::collections::HashSet;
 use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use procfs::process::{Process, Stat, Status};
+use procfs::net::{TcpNetEntry, TcpState};
+use procfs::process::{FDTarget, Process, Stat, Status};
 use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
 
 /// CPU time a process has used so far, user and system, in seconds.
@@ -90,6 +94,14 @@ pub fn proc_cpu(pid: Option<i32>) -> Option<CpuTimes> {
     Some(cpu_times(&stat, procfs::ticks_per_second()))
 }
 
+/// CPU time this process has used, user + system, in seconds, to the nanosecond
+/// (`CLOCK_PROCESS_CPUTIME_ID`). `/proc/self/stat` counts in clock ticks (10 ms): a short run's
+/// client CPU, a tick or two, read as 0 or 2 ticks depending on where the window fell.
+pub fn self_cpu_seconds() -> f64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
+}
+
 /// Resident memory of process `pid` (this process if `None`) from `/proc/PID/status`.
 pub fn proc_rss(pid: Option<i32>) -> Option<u64> {
     rss_bytes(&process(pid)?.status().ok()?)
@@ -98,6 +110,70 @@ pub fn proc_rss(pid: Option<i32>) -> Option<u64> {
 /// This process's peak resident memory.
 pub fn self_peak_rss() -> Option<u64> {
     peak_rss_bytes(&process(None)?.status().ok()?)
+}
+
+/// Does a LISTEN entry accept connections to `to`? Bound to its port and to its address, to the
+/// unspecified address (0.0.0.0, ::), or to its IPv4 address mapped into IPv6.
+fn listens_for(e: &TcpNetEntry, to: SocketAddr) -> bool {
+    let ip = e.local_address.ip();
+    let mapped = |ip: IpAddr| match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    };
+    e.state == TcpState::Listen
+        && e.local_address.port() == to.port()
+        && (ip.is_unspecified() || mapped(ip) == mapped(to.ip()))
+}
+
+/// Socket inodes listening for connections to `to`, in the network namespace of process `pid`
+/// (this process's if `None`): a server in a container listens in its own.
+pub fn listening_inodes(pid: Option<i32>, to: SocketAddr) -> Vec<u64> {
+    let Some(p) = process(pid) else {
+        return Vec::new();
+    };
+    let entries = p.tcp().into_iter().chain(p.tcp6()).flatten();
+    entries
+        .filter(|e| listens_for(e, to))
+        .map(|e| e.inode)
+        .collect()
+}
+
+/// The socket inodes among process `pid`'s open files; `None` if they can't be read.
+fn socket_inodes(p: &Process) -> Option<HashSet<u64>> {
+    let fds = p.fd().ok()?;
+    Some(
+        fds.flatten()
+            .filter_map(|fd| match fd.target {
+                FDTarget::Socket(inode) => Some(inode),
+                _ => None,
+            })
+            .collect(),
+    )
+}
+
+/// Does process `pid` hold one of these sockets? `None` if its open files can't be read.
+pub fn holds_any(pid: i32, inodes: &[u64]) -> Option<bool> {
+    let mine = socket_inodes(&Process::new(pid).ok()?)?;
+    Some(inodes.iter().any(|i| mine.contains(i)))
+}
+
+/// Every process that holds one of these sockets (a forked server's parent and children all do).
+pub fn holders(inodes: &[u64]) -> Vec<i32> {
+    let Ok(all) = procfs::process::all_processes() else {
+        return Vec::new();
+    };
+    all.flatten()
+        .filter(|p| socket_inodes(p).is_some_and(|s| inodes.iter().any(|i| s.contains(i))))
+        .map(|p| p.pid)
+        .collect()
+}
+
+/// A process's command name (`/proc/PID/comm`), for messages.
+pub fn comm(pid: i32) -> String {
+    Process::new(pid)
+        .and_then(|p| p.stat())
+        .map(|s| s.comm)
+        .unwrap_or_else(|_| "?".into())
 }
 
 /// Cores this process may run on (honours `taskset`).
@@ -165,6 +241,10 @@ mod tests {
         // The peak, read after, is at least what was resident before.
         assert!(self_peak_rss().unwrap() >= rss);
         assert!(proc_cpu(None).is_some());
+        let c0 = self_cpu_seconds();
+        let t = std::time::Instant::now();
+        while t.elapsed() < Duration::from_millis(3) {}
+        assert!(self_cpu_seconds() > c0, "a busy 3 ms shows");
         assert!(usable_cores() >= 1);
         assert!(proc_rss(Some(i32::MAX)).is_none(), "no such process");
     }
@@ -174,6 +254,28 @@ mod tests {
         let n = raise_nofile().unwrap();
         assert!(n >= 1024, "soft limit {n}");
         assert_eq!(getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX), n);
+    }
+
+    #[test]
+    fn finds_the_process_that_listens() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let inodes = listening_inodes(None, addr);
+        assert_eq!(inodes.len(), 1, "{addr}");
+        let me = std::process::id() as i32;
+        assert_eq!(holds_any(me, &inodes), Some(true));
+        assert_eq!(holders(&inodes), vec![me]);
+        // Another port, or the same port at another loopback address: not this listener.
+        let other = SocketAddr::new(addr.ip(), addr.port().wrapping_add(1));
+        assert!(!listening_inodes(None, other).contains(&inodes[0]));
+        let elsewhere = SocketAddr::new("127.0.0.9".parse().unwrap(), addr.port());
+        assert!(listening_inodes(None, elsewhere).is_empty());
+        // A listener on every address serves 127.0.0.1 and 127.0.0.9 alike.
+        let any = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+        let port = any.local_addr().unwrap().port();
+        let to = SocketAddr::new("127.0.0.9".parse().unwrap(), port);
+        assert_eq!(listening_inodes(None, to).len(), 1);
+        assert!(comm(me).starts_with("ws_bench") || comm(me).starts_with("ws-bench"));
     }
 
     #[test]

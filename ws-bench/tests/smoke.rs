@@ -230,8 +230,13 @@ fn every_mode_against_real_rust_ws() {
         lines[2].matches(" | ").count(),
         "{out}"
     );
+    // No --pid: the one process listening on the port is found and measured.
     assert!(
-        lines[2].contains("server RSS and CPU not measured"),
+        lines[2].contains(&format!(
+            "server pid {} (rust-ws) found listening on port {}",
+            s.child.id(),
+            s.port
+        )),
         "{out}"
     );
 
@@ -424,21 +429,192 @@ fn sweep_shapes_against_real_rust_ws() {
     assert!(t["p99_us"].as_f64().unwrap() > 0.0, "{fan}");
 }
 
+/// A run that could not measure anything fails (status 1) with one line saying where and why,
+/// and gives up well before its duration.
+fn assert_gives_up(args: &[&str], url: &str, why: &str) {
+    let t = Instant::now();
+    let (code, out, err) = bench(args);
+    let took = t.elapsed();
+    assert_eq!(code, 1, "{args:?}: {out}{err}");
+    assert!(out.is_empty(), "no report row: {out}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("ws-bench: no handshake succeeded: ")
+            && last.contains(&format!(" to {url} failed ({why})")),
+        "{args:?}: {err}"
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "{args:?} took {took:?}: {err}"
+    );
+}
+
 #[test]
-fn nothing_listening_is_reported_not_a_panic() {
-    // A port below the ephemeral range that nothing listens on (bound and released at once).
+fn nothing_listening_fails_at_once() {
+    // A port that nothing listens on (bound and released at once).
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     drop(l);
     let url = format!("ws://127.0.0.1:{port}/ws");
-    let (code, out, err) = bench(&["--url", &url, "--json", "echo", "-c", "3", "-d", "0.3"]);
+    for mode in [
+        &["echo", "-c", "3", "-d", "30"][..],
+        &["sessions", "-c", "5", "-d", "30"],
+        &["hold", "-n", "5", "--hold-secs", "30"],
+        &["hold", "-n", "4", "--procs", "2", "--hold-secs", "30"],
+        &["broadcast", "-c", "4", "-d", "30"],
+    ] {
+        let mut args = vec!["--url", &url, "--json"];
+        args.extend_from_slice(mode);
+        assert_gives_up(&args, &url, "connection refused");
+    }
+}
+
+/// An HTTP server that answers every request 404, as a wrong path on a real server would.
+fn not_found_server() -> u16 {
+    use std::io::{BufRead, BufReader, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(&s);
+                let mut line = String::new();
+                // Read the request head (bounded), then answer.
+                for _ in 0..100 {
+                    line.clear();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                }
+                let _ = (&s).write_all(
+                    b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn every_handshake_404_fails_at_once() {
+    let port = not_found_server();
+    let url = format!("ws://127.0.0.1:{port}/nowhere");
+    for mode in [
+        &["sessions", "-c", "5", "-d", "30"][..],
+        &["hold", "-n", "5", "--hold-secs", "30"],
+        &["echo", "-c", "300", "-d", "30"],
+    ] {
+        let mut args = vec!["--url", &url];
+        args.extend_from_slice(mode);
+        assert_gives_up(&args, &url, "HTTP 404 Not Found");
+    }
+}
+
+#[test]
+fn some_failed_handshakes_are_a_measurement() {
+    // Room for 5: of 8 held connections 3 are refused with 503, and the run still reports.
+    let s = start_rust_ws_with(&[("WS_MAX_CONNECTIONS", "5")]);
+    let url = format!("ws://127.0.0.1:{}/ws", s.port);
+    let (code, out, err) = bench(&[
+        "--url",
+        &url,
+        "--json",
+        "hold",
+        "-n",
+        "8",
+        "--hold-secs",
+        "0.3",
+        "--settle-secs",
+        "0",
+    ]);
     assert_eq!(code, 0, "{err}");
     let v: Value = serde_json::from_str(out.trim()).unwrap();
-    assert_eq!(v["connect_failures"]["refused"], 3, "{v}");
+    assert_eq!(v["hold"]["open"], 5, "{v}");
+    assert_eq!(v["connect_failures"]["http_503"], 3, "{v}");
     assert!(
-        v["notes"].to_string().contains("3 of 3 handshakes failed"),
+        v["notes"].to_string().contains("3 of 8 handshakes failed"),
         "{v}"
     );
+}
+
+#[test]
+fn the_pid_measured_is_the_one_serving_the_port() {
+    let s = start_rust_ws();
+    let url = format!("ws://127.0.0.1:{}/ws", s.port);
+    let args = |pid: Option<&str>| {
+        let mut a = vec!["--url", url.as_str(), "--json"];
+        if let Some(p) = pid {
+            a.extend(["--pid", p]);
+        }
+        a.extend(["echo", "-c", "2", "-d", "0.3"]);
+        a.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let run = |a: Vec<String>| bench(&a.iter().map(String::as_str).collect::<Vec<_>>());
+
+    // Without --pid: found from the port, named in the report, and measured.
+    let (code, out, err) = run(args(None));
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["server_pid"], s.child.id(), "{v}");
+    assert!(v["server_cpu_user_pct"].is_number(), "{v}");
+    assert!(
+        v["notes"].to_string().contains(&format!(
+            "server pid {} (rust-ws) found listening on port {}",
+            s.child.id(),
+            s.port
+        )),
+        "{v}"
+    );
+
+    // A --pid that is not the server (another rust-ws, as `pgrep -n` may pick; or this test):
+    // one line naming both, status 2, before any load.
+    let other = start_rust_ws();
+    for wrong in [other.child.id(), std::process::id()] {
+        let (code, out, err) = run(args(Some(&wrong.to_string())));
+        assert_eq!(code, 2, "{out}{err}");
+        let line = err.trim_end();
+        assert!(!line.contains('\n'), "one line: {err}");
+        assert!(
+            line.starts_with(&format!("ws-bench: --pid {wrong} ("))
+                && line.contains(&format!(
+                    "does not own the socket listening on 127.0.0.1:{} (held by {} (rust-ws))",
+                    s.port,
+                    s.child.id()
+                )),
+            "{err}"
+        );
+    }
+    // The right one passes, and is the one in the report.
+    let (code, out, err) = run(args(Some(&s.child.id().to_string())));
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["server_pid"], s.child.id(), "{v}");
+}
+
+/// rust-ws built without --release says so in `ws_build_info{profile="debug"}`, and ws-bench
+/// flags it in the row and on stderr. (Needs the gauge in rust-ws's /metrics.)
+#[test]
+fn a_debug_server_is_flagged() {
+    let s = start_rust_ws();
+    let url = format!("ws://127.0.0.1:{}/ws", s.port);
+    let (code, out, err) = bench(&["--url", &url, "--json", "echo", "-c", "2", "-d", "0.3"]);
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["server_profile"], "debug", "{v}");
+    assert!(
+        v["notes"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("DEBUG BUILD of rust-ws"),
+        "{v}"
+    );
+    assert!(
+        err.contains("warning: rust-ws at 127.0.0.1:") && err.contains("is a debug build"),
+        "{err}"
+    );
+    let (code, out, err) = bench(&["--url", &url, "--no-header", "echo", "-c", "2", "-d", "0.3"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("| rust-ws ⚠ DEBUG BUILD | echo |"), "{out}");
 }
 
 #[test]

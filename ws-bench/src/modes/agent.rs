@@ -14,11 +14,53 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 use super::hold::{spawn_holders, AgentDone, AgentOpened, End, Exchange, Held, Shape};
 use super::runner::Fleet;
-use super::Ctx;
-use crate::report::SharedHist;
+use super::{Ctx, Load};
+use crate::report::{Report, SharedHist};
 use crate::sys;
+use crate::{Common, Failure};
 
-pub async fn agent(
+/// `hold-agent`'s command line, as `hold.rs` writes it.
+#[derive(clap::Args, Debug)]
+pub struct AgentArgs {
+    #[arg(short = 'n', long)]
+    pub connections: u64,
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    #[arg(long, value_enum)]
+    pub exchange: Exchange,
+    #[arg(long, value_enum)]
+    pub end: End,
+    #[arg(long, default_value_t = 0)]
+    pub index: u64,
+}
+
+impl Load for AgentArgs {
+    type Opts = AgentArgs;
+    const MEASURES: bool = false;
+
+    fn sockets(&self) -> u64 {
+        self.connections
+    }
+
+    fn opts(self, _: &Common, _: usize) -> Result<AgentArgs, String> {
+        Ok(self)
+    }
+
+    async fn run(ctx: Ctx, a: AgentArgs) -> Result<Option<Report>, Failure> {
+        agent(
+            ctx,
+            a.connections,
+            a.rate.max(0.0),
+            a.exchange,
+            a.end,
+            a.index,
+        )
+        .await?;
+        Ok(None)
+    }
+}
+
+async fn agent(
     ctx: Ctx,
     n: u64,
     rate: f64,
@@ -44,6 +86,7 @@ pub async fn agent(
         failures: c.failures,
         server: c.server,
         hist: hist.pairs(),
+        first_failure: ctx.tally.first_reason(),
     };
     println!(
         "{}",
@@ -54,11 +97,11 @@ pub async fn agent(
     let _ = tokio::time::timeout(Duration::from_secs(86_400), stdin.next_line()).await;
     fleet.stop();
     let joined = fleet.join(Duration::from_secs(60)).await;
-    let cpu = sys::proc_cpu(None).unwrap_or_default();
+    let cpu_s = sys::self_cpu_seconds();
     let done = AgentDone {
         dropped: joined.outs.iter().filter(|h| **h == Held::Dropped).count() as u64,
         all_finished: joined.all_finished,
-        cpu_s: cpu.user + cpu.sys,
+        cpu_s,
         peak_rss: sys::self_peak_rss(),
     };
     println!(

@@ -20,13 +20,58 @@ use tokio::time::{sleep, sleep_until};
 
 use super::meter::{common_notes, Meter};
 use super::runner::Fleet;
-use super::Ctx;
+use super::{Ctx, Load};
 use crate::client::{self, Delivery, Scanned, Template};
 use crate::report::{bump, merge, BroadcastStats, Counts, Report, ServerTimer, SharedHist};
+use crate::{secs, Common, Failure};
 
 /// Paced: a sender with this many of its own broadcasts not yet back skips its next send
 /// (counted), so a server that falls far behind can't make ws-bench queue without bound.
 const MAX_OUTSTANDING: u64 = 1000;
+
+/// `broadcast`'s command line.
+#[derive(clap::Args, Debug)]
+pub struct BroadcastArgs {
+    #[arg(short = 'c', long, default_value_t = 1000)]
+    pub connections: u64,
+    #[arg(long, default_value_t = 10)]
+    pub rooms: u64,
+    /// Broadcasts per second per connection; 0 = closed loop (next when your own returns).
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    #[arg(short = 'd', long, default_value_t = 10.0)]
+    pub duration_secs: f64,
+    /// Longest wait after the last send for every owed delivery to arrive.
+    #[arg(long, default_value_t = 10.0)]
+    pub drain_secs: f64,
+}
+
+impl Load for BroadcastArgs {
+    type Opts = BroadcastOpts;
+
+    fn sockets(&self) -> u64 {
+        self.connections
+    }
+
+    /// Receivers read many small frames at a time.
+    fn read_buffer(&self) -> usize {
+        16 * 1024
+    }
+
+    fn opts(self, _: &Common, _: usize) -> Result<BroadcastOpts, String> {
+        Ok(BroadcastOpts {
+            connections: self.connections,
+            rooms: self.rooms,
+            rate: self.rate.max(0.0),
+            duration: secs(self.duration_secs, "--duration-secs")?,
+            drain: secs(self.drain_secs, "--drain-secs")?,
+        })
+    }
+
+    async fn run(ctx: Ctx, o: BroadcastOpts) -> Result<Option<Report>, Failure> {
+        Ok(Some(broadcast(ctx, o).await))
+    }
+}
 
 pub struct BroadcastOpts {
     pub connections: u64,
@@ -50,7 +95,7 @@ struct BroadcastOut {
     errors: Counts,
 }
 
-pub async fn broadcast(ctx: Ctx, o: BroadcastOpts) -> Report {
+async fn broadcast(ctx: Ctx, o: BroadcastOpts) -> Report {
     let mut r = ctx.report("broadcast");
     r.connections = o.connections;
     let rooms = o.rooms.max(1) as usize;
@@ -206,6 +251,7 @@ pub async fn broadcast(ctx: Ctx, o: BroadcastOpts) -> Report {
     }
     // The first connects are set-up, not part of the measured window; they also tell each room's
     // size, which is what every send is owed.
+    ctx.tally.phase("connecting", None);
     let connects = fleet.connects().await;
     connects.count_into(&mut r);
     let mut members = vec![0u64; rooms];
@@ -217,11 +263,13 @@ pub async fn broadcast(ctx: Ctx, o: BroadcastOpts) -> Report {
     let fanout0 = ctx.probe.histogram("ws_broadcast_duration_seconds").await;
     let meter = Meter::start(&ctx.probe).await;
     let end = Instant::now() + o.duration;
+    ctx.tally.phase("broadcasting", Some(o.duration));
     fleet.go(end);
     // A little past the end, so sends that began just before it have been counted.
     sleep_until((end + Duration::from_millis(50)).into()).await;
     // Drain: until every delivery owed for what was sent has arrived, or --drain-secs is up.
     let drain_end = end + o.drain;
+    ctx.tally.phase("draining (at most)", Some(o.drain));
     let owed = |members: &[u64]| -> u64 {
         sent_per_room
             .iter()

@@ -17,9 +17,66 @@ use tokio::time::{sleep, sleep_until, timeout_at};
 
 use super::meter::{common_notes, Meter};
 use super::runner::Fleet;
-use super::Ctx;
+use super::{Ctx, Load};
 use crate::client::{self, Fail, Scanned, Template};
 use crate::report::{bump, merge, Counts, EchoStats, Report, SharedHist};
+use crate::{secs, Common, Failure};
+
+/// `echo`'s command line.
+#[derive(clap::Args, Debug)]
+pub struct EchoArgs {
+    #[arg(short = 'c', long, default_value_t = 1000)]
+    pub connections: u64,
+    #[arg(short = 'd', long, default_value_t = 10.0)]
+    pub duration_secs: f64,
+    /// Close and reconnect after this many requests; 0 = never.
+    #[arg(long, default_value_t = 0)]
+    pub requests_per_conn: u64,
+    /// Open loop: this many requests per second in all, on a fixed schedule, latency from
+    /// each one's scheduled time; 0 = closed loop.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// Bytes per request on the wire (past 4,096 characters of text, an ignored `pad` field
+    /// fills it); 0 = a message with --text-len characters of text.
+    #[arg(long, default_value_t = 0)]
+    pub msg_bytes: usize,
+    /// Open loop: longest wait after the window for outstanding replies.
+    #[arg(long, default_value_t = 5.0)]
+    pub drain_secs: f64,
+}
+
+impl Load for EchoArgs {
+    type Opts = EchoOpts;
+
+    fn sockets(&self) -> u64 {
+        self.connections
+    }
+
+    fn opts(self, _: &Common, _: usize) -> Result<EchoOpts, String> {
+        if self.msg_bytes > 64 << 20 {
+            return Err("--msg-bytes: at most 64 MiB".into());
+        }
+        if self.rate > 0.0 && self.requests_per_conn > 0 {
+            return Err("--rate (open loop) and --requests-per-conn don't go together".into());
+        }
+        Ok(EchoOpts {
+            connections: self.connections,
+            duration: secs(self.duration_secs, "--duration-secs")?,
+            requests_per_conn: (self.requests_per_conn > 0).then_some(self.requests_per_conn),
+            rate: if self.rate.is_finite() {
+                self.rate.max(0.0)
+            } else {
+                0.0
+            },
+            msg_bytes: self.msg_bytes,
+            drain: secs(self.drain_secs, "--drain-secs")?,
+        })
+    }
+
+    async fn run(ctx: Ctx, o: EchoOpts) -> Result<Option<Report>, Failure> {
+        Ok(Some(echo(ctx, o).await))
+    }
+}
 
 pub struct EchoOpts {
     pub connections: u64,
@@ -62,7 +119,7 @@ fn template(ctx: &Ctx, o: &EchoOpts) -> Template {
     }
 }
 
-pub async fn echo(ctx: Ctx, o: EchoOpts) -> Report {
+async fn echo(ctx: Ctx, o: EchoOpts) -> Report {
     if o.rate > 0.0 {
         return open_loop(ctx, o).await;
     }
@@ -176,7 +233,9 @@ pub async fn echo(ctx: Ctx, o: EchoOpts) -> Report {
     }
     // The first connects are set-up, not part of the measured window: only reconnects count as
     // connections opened.
+    ctx.tally.phase("connecting", None);
     fleet.connects().await.count_into(&mut r);
+    ctx.tally.phase("echoing", Some(o.duration));
     let meter = Meter::start(&ctx.probe).await;
     fleet.go(Instant::now() + o.duration);
     let joined = fleet.join(o.duration + Duration::from_secs(30)).await;
@@ -321,7 +380,10 @@ async fn open_loop(ctx: Ctx, o: EchoOpts) -> Report {
             out
         });
     }
+    ctx.tally.phase("connecting", None);
     fleet.connects().await.count_into(&mut r);
+    ctx.tally
+        .phase("echoing (open loop, then drain)", Some(o.duration));
     let meter = Meter::start(&ctx.probe).await;
     fleet.go(Instant::now() + o.duration);
     let joined = fleet

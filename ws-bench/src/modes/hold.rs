@@ -4,8 +4,9 @@
 //! connections (keepalive pings) cost.
 //!
 //! How a connection is used and how it ends are chosen (`--exchange`, `--end`), because memory
-//! coming back depends on the path (issue 15 §3): an ok echo, an error reply, a broadcast in a
-//! room of its own, or nothing; a close handshake or an abrupt reset (RST).
+//! coming back depends on the path (bench/README.md, "Memory coming back, on every path"): an ok
+//! echo, an error reply, a broadcast in a room of its own, or nothing; a close handshake or an
+//! abrupt reset (RST).
 //!
 //! With `--procs P` the connections are opened by P helper processes (`agent.rs`), each under its
 //! own open-files limit, so one run can hold more sockets than one process may; this file then
@@ -21,10 +22,11 @@ use tokio::time::{sleep, sleep_until, timeout};
 
 use super::meter::{common_notes, Meter};
 use super::runner::Fleet;
-use super::Ctx;
+use super::{Ctx, Load};
 use crate::client::{self, Fail};
 use crate::report::{merge, Counts, HoldStats, Report, SharedHist};
 use crate::sys;
+use crate::{secs, Common, Failure};
 
 /// What each connection sends once after its welcome.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
@@ -68,6 +70,90 @@ impl End {
             End::Reset => "reset",
         }
     }
+}
+
+/// `hold`'s command line.
+#[derive(clap::Args, Debug)]
+pub struct HoldArgs {
+    #[arg(short = 'n', long, default_value_t = 10_000)]
+    pub connections: u64,
+    /// New connections per second; 0 = as fast as --connect-concurrency allows (a storm).
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// Seconds to hold all connections open.
+    #[arg(long, default_value_t = 10.0)]
+    pub hold_secs: f64,
+    /// Seconds after the last close before reading idle RSS again (shown as "settling").
+    #[arg(long, default_value_t = 5.0)]
+    pub settle_secs: f64,
+    /// Don't exchange a message after the welcome (same as --exchange none).
+    #[arg(long)]
+    pub no_exchange: bool,
+    /// What each connection sends once after its welcome.
+    #[arg(long, value_enum, default_value = "echo")]
+    pub exchange: Exchange,
+    /// How each connection ends: a close handshake, or an abrupt reset (SO_LINGER 0, RST).
+    #[arg(long, value_enum, default_value = "close")]
+    pub end: End,
+    /// Open the connections from this many helper processes (each has its own open-files
+    /// limit); 1 = this process.
+    #[arg(long, default_value_t = 1)]
+    pub procs: usize,
+}
+
+impl Load for HoldArgs {
+    type Opts = HoldOpts;
+
+    fn sockets(&self) -> u64 {
+        self.connections.div_ceil(self.procs.max(1) as u64)
+    }
+
+    fn opts(self, c: &Common, read_buffer: usize) -> Result<HoldOpts, String> {
+        if !(1..=64).contains(&self.procs) {
+            return Err("--procs must be 1-64".into());
+        }
+        Ok(HoldOpts {
+            connections: self.connections,
+            rate: self.rate.max(0.0),
+            hold: secs(self.hold_secs, "--hold-secs")?,
+            settle: secs(self.settle_secs, "--settle-secs")?,
+            exchange: if self.no_exchange {
+                Exchange::None
+            } else {
+                self.exchange
+            },
+            end: self.end,
+            procs: self.procs,
+            agent_args: helper_args(c, read_buffer, self.procs),
+        })
+    }
+
+    async fn run(ctx: Ctx, o: HoldOpts) -> Result<Option<Report>, Failure> {
+        Ok(Some(hold(ctx, o).await))
+    }
+}
+
+/// The common options a helper process needs to connect as this one would; each gets its share
+/// of the handshakes in flight. (Not --pid or --metrics-url: the conductor does the measuring.)
+fn helper_args(c: &Common, read_buffer: usize, procs: usize) -> Vec<String> {
+    let mut args = vec![
+        "--url".to_string(),
+        c.url.clone(),
+        "--connect-timeout".into(),
+        c.connect_timeout.to_string(),
+        "--read-buffer".into(),
+        read_buffer.to_string(),
+        "--text-len".into(),
+        c.text_len.to_string(),
+        "--source-addrs".into(),
+        c.source_addrs.to_string(),
+        "--connect-concurrency".into(),
+        (c.connect_concurrency / procs.max(1)).max(1).to_string(),
+    ];
+    if let Some(t) = c.threads {
+        args.extend(["--threads".into(), t.to_string()]);
+    }
+    args
 }
 
 pub struct HoldOpts {
@@ -197,6 +283,9 @@ pub(super) struct AgentOpened {
     pub server: Option<String>,
     /// Handshake+welcome times, microseconds: (value, count) pairs of its histogram.
     pub hist: Vec<(u64, u64)>,
+    /// Why its first failed handshake failed, if one did.
+    #[serde(default)]
+    pub first_failure: Option<String>,
 }
 
 /// What a helper process reports once its connections are ended (one JSON line).
@@ -229,13 +318,15 @@ struct AgentProc {
     stdout: tokio::io::Lines<BufReader<ChildStdout>>,
 }
 
-pub async fn hold(ctx: Ctx, o: HoldOpts) -> Report {
+async fn hold(ctx: Ctx, o: HoldOpts) -> Report {
     let mut r = ctx.report("hold");
     r.connections = o.connections;
     let rss_idle_before = ctx.probe.rss().await;
     let meter = Meter::start(&ctx.probe).await;
     let hist = SharedHist::default();
     let t0 = Instant::now();
+    let paced = (o.rate > 0.0).then(|| Duration::from_secs_f64(o.connections as f64 / o.rate));
+    ctx.tally.phase("connecting", paced);
     let (holders, opened) = if o.procs > 1 {
         match start_agents(&ctx, &o, &hist).await {
             Ok(x) => x,
@@ -275,6 +366,7 @@ pub async fn hold(ctx: Ctx, o: HoldOpts) -> Report {
     r.conns_opened = open;
     r.conn_per_s = Some(open as f64 / open_time.as_secs_f64().max(1e-9));
     // The held window: the server's CPU here is what idle connections cost it (keepalive pings).
+    ctx.tally.phase("holding", Some(o.hold));
     let cpu0 = ctx.probe.cpu().await;
     let held_from = Instant::now();
     sleep(o.hold).await;
@@ -284,6 +376,7 @@ pub async fn hold(ctx: Ctx, o: HoldOpts) -> Report {
     };
     let rss_at_n = ctx.probe.rss().await;
     let server_connections_at_n = ctx.probe.metric("ws_connections").await;
+    ctx.tally.phase("closing", None);
     let closing = Instant::now();
     let (dropped, all_finished, agents_cpu) = match holders {
         Holders::Here(fleet) => {
@@ -319,6 +412,8 @@ pub async fn hold(ctx: Ctx, o: HoldOpts) -> Report {
         let usable = sys::usable_cores().max(1) as f64;
         r.client_saturated = r.client_cpu_pct >= 90.0 * usable;
     }
+    // Idle RSS after: the server is given --settle-secs to give memory back.
+    ctx.tally.phase("settling", Some(o.settle));
     sleep(o.settle).await;
     let rss_idle_after = ctx.probe.rss().await;
     let server_connections_after = ctx.probe.metric("ws_connections").await;
@@ -431,6 +526,12 @@ async fn start_agents(
         merge(&mut opened.failures, &rep.failures);
         opened.server = opened.server.or(rep.server);
         hist.add_pairs(&rep.hist);
+        // The conductor's tally: a run where no helper opened anything is given up.
+        ctx.tally.add(
+            rep.opened,
+            rep.attempts.saturating_sub(rep.opened),
+            rep.first_failure,
+        );
     }
     Ok((Holders::Agents(agents), opened))
 }

@@ -10,12 +10,13 @@ use std::time::{Duration, Instant};
 use super::Ctx;
 use crate::probe::{Cpu, Probe, RssWatch};
 use crate::report::Report;
-use crate::sys::{self, CpuTimes};
+use crate::sys;
 
 /// CPU and RSS of both sides over a measured window.
 pub struct Meter {
     t0: Instant,
-    client0: CpuTimes,
+    /// ws-bench's own CPU seconds at the start.
+    client0: f64,
     server0: Option<Cpu>,
     rss: RssWatch,
 }
@@ -24,7 +25,7 @@ impl Meter {
     pub async fn start(probe: &Probe) -> Meter {
         Meter {
             t0: Instant::now(),
-            client0: sys::proc_cpu(None).unwrap_or_default(),
+            client0: sys::self_cpu_seconds(),
             server0: probe.cpu().await,
             rss: probe.watch_rss(),
         }
@@ -33,7 +34,7 @@ impl Meter {
     /// Fills the report's CPU, RSS and saturation figures; returns the window's length.
     pub async fn finish(self, ctx: &Ctx, r: &mut Report) -> Duration {
         let wall = self.t0.elapsed();
-        let client = sys::proc_cpu(None).unwrap_or_default().since(self.client0);
+        let client = (sys::self_cpu_seconds() - self.client0).max(0.0);
         if let (Some(s1), Some(s0)) = (ctx.probe.cpu().await, self.server0) {
             match s1.since(s0) {
                 Cpu::Split(t) => {
@@ -44,7 +45,7 @@ impl Meter {
             }
         }
         r.server_max_rss = self.rss.finish(&ctx.probe).await;
-        r.client_cpu_pct = sys::pct(client.user + client.sys, wall);
+        r.client_cpu_pct = sys::pct(client, wall);
         r.client_peak_rss = sys::self_peak_rss();
         // Past 90% of the cores it may use, the client, not the server, may be what limits the run.
         let usable = ctx.threads.min(sys::usable_cores()).max(1) as f64;
@@ -55,6 +56,15 @@ impl Meter {
 
 /// Notes every mode shares: what the numbers can't say.
 pub fn common_notes(ctx: &Ctx, r: &mut Report) {
+    if r.is_debug_build() {
+        r.notes.insert(
+            0,
+            format!(
+                "DEBUG BUILD of {} (ws_build_info profile=\"debug\"): these are not the release server's figures",
+                ctx.build.as_ref().map_or("the server", |b| b.server.as_str())
+            ),
+        );
+    }
     if r.client_saturated {
         r.notes.insert(
             0,

@@ -1,6 +1,8 @@
 //! The four load shapes, one module each (and `agent`, a hold's helper process), and the context every one of them is handed.
 //!
-//! `main` builds a [`Ctx`] from the command line and calls one mode; the mode returns a finished
+//! Each mode owns its command line: a clap `Args` struct beside its code, which implements
+//! [`Load`] (its options checked and converted, and the run). `main` only dispatches: it builds a
+//! [`Ctx`] from the options every mode shares and calls one mode, which returns a finished
 //! [`Report`]. What the modes share lives beside them: [`runner`] spawns the connection tasks,
 //! collects their first connects and tells them when to go and stop; [`meter`] measures the
 //! window (CPU and RSS of both sides) and writes the notes every row carries.
@@ -16,6 +18,7 @@ mod hold;
 mod meter;
 mod runner;
 mod sessions;
+mod tally;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -26,16 +29,39 @@ use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::client::{self, Conn, Fail};
-use crate::probe::Probe;
+use crate::probe::{BuildInfo, Probe};
 use crate::report::{Report, SharedHist};
 use crate::sys;
 use crate::target::Target;
+use crate::{Common, Failure};
 
-pub use agent::agent;
-pub use broadcast::{broadcast, BroadcastOpts};
-pub use echo::{echo, EchoOpts};
-pub use hold::{hold, End, Exchange, HoldOpts};
-pub use sessions::{sessions, SessionOpts};
+pub use agent::AgentArgs;
+pub use broadcast::BroadcastArgs;
+pub use echo::EchoArgs;
+pub use hold::HoldArgs;
+pub use sessions::SessionArgs;
+pub use tally::{Open, Tally};
+
+/// A load mode's command line and its run.
+pub trait Load {
+    /// The mode's options, checked and in their units.
+    type Opts;
+    /// Connections one process of this mode holds at once (checked against RLIMIT_NOFILE).
+    fn sockets(&self) -> u64;
+    /// Client read buffer per connection when `--read-buffer` is not given.
+    fn read_buffer(&self) -> usize {
+        4096
+    }
+    /// Checks and converts the options, before anything connects. `read_buffer` is the one the
+    /// run uses (hold passes it on to its helper processes).
+    fn opts(self, common: &Common, read_buffer: usize) -> Result<Self::Opts, String>;
+    /// Whether this process measures the run: finds and checks the server's pid, reads its
+    /// build, shows progress and gives the run up when no handshake succeeds. Not a hold's helper
+    /// process: its conductor does all that, and judges all the helpers' handshakes together.
+    const MEASURES: bool = true;
+    /// The run; `None` when the mode printed its own output (a hold's helper process).
+    async fn run(ctx: Ctx, o: Self::Opts) -> Result<Option<Report>, Failure>;
+}
 
 /// What every mode needs.
 #[derive(Clone)]
@@ -53,6 +79,12 @@ pub struct Ctx {
     pub sources: Arc<Vec<IpAddr>>,
     /// Round-robin cursor over `sources`, shared by every task.
     pub next_source: Arc<AtomicUsize>,
+    /// The server's build, as its `ws_build_info` said before the run.
+    pub build: Option<BuildInfo>,
+    /// Notes known before the run (how the server's pid was found), first in every report.
+    pub notes: Vec<String>,
+    /// Every handshake's outcome, live (for giving up a run where nothing works, and progress).
+    pub tally: Arc<Tally>,
 }
 
 impl Ctx {
@@ -68,15 +100,26 @@ impl Ctx {
             0 => None,
             n => Some(self.sources[self.next_source.fetch_add(1, Ordering::Relaxed) % n]),
         };
-        let c = client::connect(&self.target, room, self.cfg, self.connect_timeout, source).await?;
-        hist.recorder().record(t.elapsed().as_micros() as u64);
-        Ok(c)
+        match client::connect(&self.target, room, self.cfg, self.connect_timeout, source).await {
+            Ok(mut c) => {
+                hist.recorder().record(t.elapsed().as_micros() as u64);
+                c.open = Some(self.tally.succeeded());
+                Ok(c)
+            }
+            Err(f) => {
+                self.tally.failed(&f);
+                Err(f)
+            }
+        }
     }
 
     /// A report with what is known before the run: who ran what, where, on how many threads.
     fn report(&self, mode: &str) -> Report {
         Report {
             label: self.label.clone(),
+            server_pid: self.probe.pid,
+            server_profile: self.build.as_ref().map(|b| b.profile.clone()),
+            notes: self.notes.clone(),
             mode: mode.into(),
             url: self.target.ws_uri(None),
             client_threads: self.threads as u64,

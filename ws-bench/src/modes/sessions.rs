@@ -11,9 +11,38 @@ use tokio::time::{sleep, timeout_at};
 
 use super::meter::{common_notes, Meter};
 use super::runner::Fleet;
-use super::Ctx;
+use super::{Ctx, Load};
 use crate::client::{self, Fail};
 use crate::report::{bump, merge, Counts, Report, SharedHist};
+use crate::{secs, Common, Failure};
+
+/// `sessions`'s command line.
+#[derive(clap::Args, Debug)]
+pub struct SessionArgs {
+    #[arg(short = 'c', long, default_value_t = 50)]
+    pub workers: u64,
+    #[arg(short = 'd', long, default_value_t = 10.0)]
+    pub duration_secs: f64,
+}
+
+impl Load for SessionArgs {
+    type Opts = SessionOpts;
+
+    fn sockets(&self) -> u64 {
+        self.workers
+    }
+
+    fn opts(self, _: &Common, _: usize) -> Result<SessionOpts, String> {
+        Ok(SessionOpts {
+            workers: self.workers,
+            duration: secs(self.duration_secs, "--duration-secs")?,
+        })
+    }
+
+    async fn run(ctx: Ctx, o: SessionOpts) -> Result<Option<Report>, Failure> {
+        Ok(Some(sessions(ctx, o).await))
+    }
+}
 
 pub struct SessionOpts {
     pub workers: u64,
@@ -33,13 +62,14 @@ struct SessionOut {
     server: Option<String>,
 }
 
-pub async fn sessions(ctx: Ctx, o: SessionOpts) -> Report {
+async fn sessions(ctx: Ctx, o: SessionOpts) -> Report {
     let mut r = ctx.report("sessions");
     r.connections = o.workers;
     let lat = SharedHist::default();
     let conn_hist = SharedHist::default();
     let meter = Meter::start(&ctx.probe).await;
     let end = Instant::now() + o.duration;
+    ctx.tally.phase("sessions", Some(o.duration));
     let mut fleet = Fleet::new();
     for w in 0..o.workers {
         let (ctx, lat, conn_hist) = (ctx.clone(), lat.clone(), conn_hist.clone());
