@@ -102,8 +102,6 @@ def scaled(request):
             capture=False,
         )
         st.timed("scaled: healthchecks", st.wait_healthy)
-        for kind in KINDS:
-            st.timed(f"scaled: {kind}-lb sees {REPLICAS} ready", wait_replicas_up, st, kind)
         yield st
     finally:
         if os.environ.get("WSLAB_SMOKE_KEEP") == "1":
@@ -165,6 +163,15 @@ def node_of(welcome: dict) -> str:
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
+def test_the_balancer_sees_every_replica_ready(scaled, kind):
+    """Every replica found by DNS and passing its /readyz check: each has its broker."""
+    servers = scaled.timed(
+        f"scaled: {kind}-lb sees {REPLICAS} ready", wait_replicas_up, scaled, kind
+    )
+    assert len({r["addr"] for r in servers.values()}) == REPLICAS
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
 def test_prometheus_sees_every_replica(scaled, kind):
     result = _eventually(
         scaled,
@@ -210,6 +217,7 @@ def test_prometheus_scrapes_the_balancers_and_both_redis(scaled):
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_a_room_spans_two_replicas_through_the_balancer(scaled, kind):
+    wait_replicas_up(scaled, kind)
     room = f"scaled-{uuid.uuid4().hex[:8]}"
     with contextlib.ExitStack() as stack:
         ann, ann_welcome = connect(scaled, kind, room)
