@@ -557,6 +557,395 @@ def plot_capacity(c: Sweeps) -> list[str]:
     return md
 
 
+# ---- several nodes -----------------------------------------------------------------------------
+
+
+def reach_pct(r: dict) -> float | None:
+    """Deliveries received ÷ owed over the members that stayed (ws-bench's reach), in percent."""
+    b = r.get("broadcast") or {}
+    return 100 * b["reach_received"] / b["reach_expected"] if b.get("reach_expected") else None
+
+
+def reach_text(r: dict) -> str:
+    b = r.get("broadcast") or {}
+    if not b.get("reach_expected"):
+        return "-"
+    if b["reach_received"] == b["reach_expected"]:
+        return "100%"
+    return f"⚠ {reach_pct(r):.1f}%"
+
+
+def order_text(r: dict) -> str:
+    b = r.get("broadcast") or {}
+    bad = [
+        f"{b.get(k, 0)} {what}"
+        for k, what in (
+            ("seq_violations", "out of order"),
+            ("seq_gaps", "skipped"),
+            ("seq_disagreements", "disagreeing"),
+        )
+        if b.get(k)
+    ]
+    return "⚠ " + ", ".join(bad) if bad else ("ok" if b else "-")
+
+
+def spread(r: dict) -> str:
+    return "/".join(str(n.get("conns", 0)) for n in r.get("nodes") or []) or "-"
+
+
+def nodes_cpu_us(r: dict) -> float | None:
+    """The nodes' CPU (user + system, all nodes) per delivery received, in µs: their local
+    fan-out plus, with a broker, their side of it (publishing, reading the subscription)."""
+    b, cpu = r.get("broadcast") or {}, server_cpu(r)
+    if cpu is None or not b.get("delivered_total") or not r.get("cpu_window_s"):
+        return None
+    return 1e6 * cpu / 100 * r["cpu_window_s"] / b["delivered_total"]
+
+
+def redis_cpu_us(r: dict) -> float | None:
+    """Redis's own CPU per delivery received, in µs (read around the whole ws-bench run)."""
+    b = r.get("broadcast") or {}
+    if r.get("redis_cpu_s") is None or not b.get("delivered_total"):
+        return None
+    return 1e6 * r["redis_cpu_s"] / b["delivered_total"]
+
+
+def us(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f} µs"
+
+
+def setup_order(r: dict) -> tuple:
+    return (
+        r["target"],
+        (r.get("broadcast") or {}).get("members") or 0,
+        r["broker"] != "none",
+        r["x"],
+    )
+
+
+def plot_nodes(c: Sweeps) -> list[str]:
+    """6. Nodes: the broadcast closed loop and knee against the number of nodes, with reach and
+    order on every row, and server CPU per delivery split into local fan-out and broker."""
+    rows = [r for r in c.rows if r["sweep"] == "nodes"]
+    closed = sorted((r for r in rows if r.get("kind") == "closed"), key=setup_order)
+    knees = [r for r in rows if r.get("kind") == "knee"]
+    md: list[str] = []
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    sizes = sorted({(r.get("broadcast") or {}).get("members") or 0 for r in rows})
+    styles = dict(zip(sizes, ["-", "--", ":", "-."], strict=False))
+    best_of: dict[tuple, float | None] = {}
+    for r in knees:
+        key = (r["target"], r.get("members"), r["broker"], r["x"])
+        best_of.setdefault(key, None)
+    for key in best_of:
+        group = [r for r in knees if (r["target"], r.get("members"), r["broker"], r["x"]) == key]
+        group = [r for r in group if not (reach_pct(r) or 0) < 100]
+        best_of[key] = best(
+            [dict(r, x=r["offered"]) for r in group], lambda r: lat(r, "p99"), c.slo_b
+        )
+    for s in c.servers:
+        for m in sizes:
+            mine = [r for r in closed if r["target"] == s and r.get("members") == m]
+            redis = [r for r in mine if r["broker"] == "redis"]
+            label = f"{s}, rooms of {m}"
+            series(axes[0][0], redis, s, thr, label, styles[m])
+            series(axes[0][1], redis, s, lambda r: lat(r, "p99"), label, styles[m])
+            kx = sorted(k[3] for k in best_of if k[:3] == (s, m, "redis"))
+            pts = [(x, best_of[(s, m, "redis", x)]) for x in kx]
+            pts = [p for p in pts if p[1]]
+            if pts:
+                axes[1][0].plot(
+                    [p[0] for p in pts],
+                    [p[1] for p in pts],
+                    styles[m],
+                    marker="o",
+                    color=COLORS.get(s, "gray"),
+                    label=label,
+                )
+            for r in [r for r in mine if r["broker"] == "none"]:
+                axes[0][0].scatter(
+                    [r["x"]],
+                    [thr(r) or 0],
+                    marker="s",
+                    facecolors="none",
+                    edgecolors=COLORS.get(s, "gray"),
+                    s=70,
+                    zorder=4,
+                )
+                axes[0][1].scatter(
+                    [r["x"]],
+                    [lat(r, "p99") or 0],
+                    marker="s",
+                    facecolors="none",
+                    edgecolors=COLORS.get(s, "gray"),
+                    s=70,
+                    zorder=4,
+                )
+                k = best_of.get((s, m, "none", r["x"]))
+                if k:
+                    axes[1][0].scatter(
+                        [r["x"]],
+                        [k],
+                        marker="s",
+                        facecolors="none",
+                        edgecolors=COLORS.get(s, "gray"),
+                        s=70,
+                        zorder=4,
+                    )
+    # A run whose broadcasts missed members is no cluster measurement: crossed out in red.
+    bad = [r for r in closed if reach_pct(r) is not None and reach_pct(r) != 100]
+    for k, y in ((0, thr), (1, lambda r: lat(r, "p99"))):
+        pts = [(r["x"], y(r)) for r in bad if y(r)]
+        if pts:
+            axes[0][k].scatter(
+                [p[0] for p in pts],
+                [p[1] for p in pts],
+                marker="x",
+                color="red",
+                s=110,
+                zorder=6,
+                label="reach < 100%",
+            )
+    # CPU per delivery, rooms of the largest size: local fan-out (the same server without a
+    # broker), the nodes' extra with a broker, and Redis's own.
+    m = max(sizes) if sizes else 0
+    bars = [r for r in closed if r.get("members") == m]
+    labels, local, extra, red = [], [], [], []
+    for r in bars:
+        base = next(
+            (
+                b
+                for b in bars
+                if b["target"] == r["target"] and b["broker"] == "none" and b["x"] == 1
+            ),
+            None,
+        )
+        n_cpu, b_cpu = nodes_cpu_us(r), nodes_cpu_us(base) if base else None
+        if n_cpu is None:
+            continue
+        lo = min(n_cpu, b_cpu) if b_cpu is not None else n_cpu
+        labels.append(f"{r['target']}\n{r['setup']}")
+        local.append(lo)
+        extra.append(n_cpu - lo)
+        red.append(redis_cpu_us(r) or 0)
+    ax = axes[1][1]
+    if labels:
+        xs = range(len(labels))
+        ax.bar(xs, local, color="#7f8c8d", label="local fan-out (no-broker baseline)")
+        ax.bar(xs, extra, bottom=local, color="#e67e22", label="broker, on the nodes")
+        ax.bar(
+            xs,
+            red,
+            bottom=[a + b for a, b in zip(local, extra, strict=True)],
+            color="#8e44ad",
+            label="broker: Redis",
+        )
+        ax.set_xticks(list(xs), labels, fontsize=7, rotation=30, ha="right")
+    axes[0][0].set_title("closed loop: deliveries/s (□ = no broker)", fontsize=10)
+    axes[0][1].set_title("closed loop: p99 send→receipt (ms)", fontsize=10)
+    axes[1][0].set_title(f"knee: most offered deliveries/s with p99 ≤ {c.slo_b:g} ms", fontsize=10)
+    ax.set_title(f"server CPU per delivery (µs), rooms of {m}", fontsize=10)
+    for a_ in (axes[0][0], axes[0][1], axes[1][0]):
+        a_.set_xscale("log", base=2)
+        a_.set_yscale("log")
+        a_.set_xlabel("nodes")
+        a_.set_xlim(0.8, 5)
+    finish(
+        fig,
+        [axes[0][0], axes[0][1], axes[1][0], ax],
+        c.img("nodes"),
+        "Nodes on one Redis: broadcast",
+        c.saturated("nodes"),
+    )
+    meta = c.meta
+    md.append("### 6. Nodes\n")
+    broken = [
+        r
+        for r in rows
+        if (reach_pct(r) is not None and reach_pct(r) != 100) or order_text(r).startswith("⚠")
+    ]
+    if broken:
+        md.append(
+            f"**⚠ Reach or order failed in {len(broken)} of {len(rows)} runs** "
+            + "("
+            + "; ".join(
+                f"{r['target']} {r['setup']}, rooms of {r.get('members')}, {r['label']}: "
+                f"reach {reach_text(r)}, order {order_text(r)}"
+                for r in broken[:6]
+            )
+            + ("; …" if len(broken) > 6 else "")
+            + "). A broadcast that misses members is not a measurement of a cluster: these "
+            "rows' throughput is not comparable.\n"
+        )
+    else:
+        md.append(f"Reach was 100% and the order check clean in all {len(rows)} runs.\n")
+    md.append(f"![nodes]({c.figs['nodes']})\n")
+    md.append(
+        f"Each setup is a fresh Redis (no persistence) and fresh nodes, pinned to CPUs "
+        f"{meta.get('node_cpus', '?')} together, Redis included; ws-bench on "
+        f"{meta.get('node_client_cpus', '?')}"
+        + (
+            " (with 2 cores the nodes share one core: more nodes there measure the broker's "
+            "cost, not added capacity)"
+            if meta.get("cores") == 2
+            else ""
+        )
+        + ". Every room has members on every node (ws-bench puts a room's k-th member on node "
+        "k mod nodes). Reach = deliveries received ÷ owed, exact, over members that stayed "
+        "connected; order = seq out of order, skipped, and members whose (seq, broadcast) "
+        "pairs disagree with the rest of their room's. CPU per delivery: the nodes' CPU over "
+        "ws-bench's window ÷ deliveries received; Redis's CPU over the whole run ÷ the same "
+        "deliveries. The split charges the broker everything above the same server's one-node "
+        "no-broker run at the same room size.\n"
+    )
+    cols = [
+        ("server", lambda r: r["target"]),
+        ("setup", lambda r: r["setup"]),
+        ("members", lambda r: r.get("members")),
+        ("spread", spread),
+        ("deliveries/s", lambda r: num(thr(r))),
+        ("sends/s per node", lambda r: num((r.get("req_per_s") or 0) / max(1, r["x"]))),
+        ("reach", reach_text),
+        ("order", order_text),
+        ("nodes CPU/delivery", lambda r: us(nodes_cpu_us(r))),
+        ("Redis CPU/delivery", lambda r: us(redis_cpu_us(r))),
+        (
+            "publish p50 / p99",
+            lambda r: (
+                lambda t: f"{t['p50_us'] or 0:.0f} / {t['p99_us'] or 0:.0f} µs" if t else "-"
+            )((r.get("broadcast") or {}).get("broker_publish")),
+        ),
+        ("Redis RSS", lambda r: mib(r.get("redis_rss"))),
+        *COMMON,
+    ]
+    md.append("Closed loop:\n")
+    md.append(table(closed, cols) + "\n")
+    kcols = [
+        ("server", lambda r: r[0]),
+        ("members", lambda r: r[1]),
+        ("broker", lambda r: r[2]),
+        ("nodes", lambda r: f"{r[3]:g}"),
+        (f"knee (deliveries/s, p99 ≤ {c.slo_b:g} ms, reach 100%)", lambda r: num(best_of[r])),
+    ]
+    md.append("Knee (open loop, offered deliveries/s rising until two steps past the SLO):\n")
+    md.append(
+        table(sorted(best_of, key=lambda k: (k[0], k[1] or 0, k[2] != "none", k[3])), kcols) + "\n"
+    )
+    md.append(nodes_budgets(closed) + "\n")
+    return md
+
+
+def nodes_budgets(closed: list[dict]) -> str:
+    """The broker's budgets: in rooms of 100, at most 25% more server CPU per delivery than
+    without it; a node's publishes pipelined, so its broadcast rate is above 1 ÷ publish RTT."""
+    out = ["Budgets (rooms of 100 members):\n"]
+    for r in closed:
+        if r.get("members") != 100 or r["broker"] != "redis":
+            continue
+        base = next(
+            (
+                b
+                for b in closed
+                if b["target"] == r["target"]
+                and b.get("members") == 100
+                and b["broker"] == "none"
+                and b["x"] == 1
+            ),
+            None,
+        )
+        n, b0, red = nodes_cpu_us(r), nodes_cpu_us(base) if base else None, redis_cpu_us(r)
+        if n is None or not b0:
+            continue
+        if reach_pct(r) != 100:
+            out.append(
+                f"- ❌ {r['target']} {r['setup']}: not judged, reach {reach_text(r)} "
+                "(a broadcast that misses members costs less and proves nothing)."
+            )
+            continue
+        nodes_only = 100 * (n / b0 - 1)
+        with_redis = 100 * ((n + (red or 0)) / b0 - 1)
+        ok = "✅" if with_redis <= 25 else "❌"
+        out.append(
+            f"- {ok} {r['target']} {r['setup']}: server CPU per delivery {nodes_only:+.0f}% "
+            f"on the nodes, {with_redis:+.0f}% with Redis's own (budget: ≤ +25%)."
+        )
+        t = (r.get("broadcast") or {}).get("broker_publish") or {}
+        per_node = (r.get("req_per_s") or 0) / max(1, r["x"])
+        if t.get("p50_us"):
+            cap = 1e6 / t["p50_us"]
+            ok = "✅" if per_node > 2 * cap else "❌"
+            out.append(
+                f"  - {ok} publishes pipelined: {per_node:,.0f} broadcasts/s per node against "
+                f"1 ÷ publish p50 = {cap:,.0f}/s (budget: well above, here > 2{TIMES})."
+            )
+    if len(out) == 1:
+        out.append("- not judged: no run in rooms of 100 on Redis with a baseline beside it.")
+    return "\n".join(out)
+
+
+def plot_multicore(c: Sweeps) -> list[str]:
+    """7. The fair multi-core row: the same two CPUs for every setup, echo, broadcast and
+    sessions, with what each setup costs in memory."""
+    rows = [r for r in c.rows if r["sweep"] == "multicore"]
+    setups = list(dict.fromkeys(r["setup"] for r in rows))
+    modes = ["echo", "broadcast", "sessions"]
+    unit = {"echo": "requests/s", "broadcast": "deliveries/s", "sessions": "sessions/s"}
+    md: list[str] = []
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4.5))
+    for ax, mode in zip(axes, modes, strict=True):
+        ys = [
+            next((thr(r) or 0 for r in rows if r["setup"] == s and r["mode"] == mode), 0)
+            for s in setups
+        ]
+        colors = [COLORS.get(s.split(":")[0], "gray") for s in setups]
+        ax.bar(range(len(setups)), ys, color=colors)
+        for k, s in enumerate(setups):
+            r = next((r for r in rows if r["setup"] == s and r["mode"] == mode), None)
+            if r is not None and r.get("client_saturated"):
+                ax.bar([k], [ys[k]], facecolor="none", edgecolor="red", linewidth=2)
+        ax.set_xticks(range(len(setups)), [s.replace(": ", "\n") for s in setups], fontsize=7)
+        ax.set_title(f"{mode}: {unit[mode]}", fontsize=10)
+    finish(
+        fig,
+        list(axes),
+        c.img("multicore"),
+        "The same two CPUs, three setups",
+        c.saturated("multicore"),
+    )
+    meta = c.meta
+    md.append("### 7. The fair multi-core row\n")
+    md.append(f"![multicore]({c.figs['multicore']})\n")
+    md.append(
+        f"Every setup on CPUs {meta.get('multicore_cpus', '?')} (Redis too); ws-bench "
+        f"{meta.get('multicore_client_cpus', '?')}"
+        + (
+            ": on this 2-core machine the client shares the servers' cores, so every figure "
+            "here is a floor and the setups are compared with the same handicap"
+            if meta.get("multicore_client_cpus") == "unpinned"
+            else ""
+        )
+        + ". Memory is the sum of every process's peak RSS over the run (each node's), plus "
+        "Redis's.\n"
+    )
+    cols = [
+        ("setup", lambda r: r["setup"]),
+        ("run", lambda r: r["mode"]),
+        ("throughput", lambda r: f"{num(thr(r))} {unit.get(r['mode'], '')}"),
+        ("spread", spread),
+        ("reach", reach_text),
+        (
+            "memory (all processes)",
+            lambda r: mib((r.get("server_max_rss") or 0) + (r.get("redis_rss") or 0)),
+        ),
+        *COMMON,
+    ]
+    md.append(
+        table(sorted(rows, key=lambda r: (modes.index(r["mode"]), setups.index(r["setup"]))), cols)
+        + "\n"
+    )
+    return md
+
+
 # Each sweep's plot and report section, in the report's order; a sweep with no rows is left out.
 SWEEPS: dict[str, Callable[[Sweeps], list[str]]] = {
     "conns": plot_conns,
@@ -566,6 +955,8 @@ SWEEPS: dict[str, Callable[[Sweeps], list[str]]] = {
     "knee-echo": lambda c: plot_knee(c, "knee-echo", c.slo_e, "echo"),
     "knee-broadcast": lambda c: plot_knee(c, "knee-broadcast", c.slo_b, "broadcast"),
     "capacity": plot_capacity,
+    "nodes": plot_nodes,
+    "multicore": plot_multicore,
 }
 
 

@@ -3,11 +3,14 @@
 # (bench/plot.py), rust-ws and python-ws one after the other, on loopback, measured with ws-bench.
 # Writes bench/results/<UTC date>.md, its plots (<date>-*.png) and the raw JSON lines beside it.
 #
-#   bench/run.sh                      # everything, full size (~40 min after the build)
-#   bench/run.sh --quick              # the whole pipeline at toy sizes (~6 min), into
+#   bench/run.sh                      # everything, full size (~70 min after the build)
+#   bench/run.sh --quick              # the whole pipeline at toy sizes (~15 min), into
 #                                     # bench/results/quick/ (gitignored): proves it works,
 #                                     # measures nothing
 #   SWEEPS="" bench/run.sh            # the matrix only (~5 min)
+#   SWEEPS="nodes multicore" bench/run.sh   # the matrix, then only the cluster sweeps (~35 min):
+#                                     # nodes on one Redis (Debian's redis-server) and the fair
+#                                     # multi-core row
 #   DURATION=5 HOLD_SECS=5 bench/run.sh   # shorter matrix runs, same connection counts
 #
 # Each server runs alone, pinned to CPU 0; ws-bench is pinned to CPU 1 so the client cannot steal
@@ -25,15 +28,16 @@ The lab's benchmark: builds the release rust-ws and ws-bench, runs the fixed mat
 broadcast, sessions, hold) against rust-ws and then python-ws on loopback, then the sweeps
 (bench/sweep.py) and their plots (bench/plot.py), and writes a report with its raw data beside it.
 
-  (no option)   full size, ~40 min after the build; writes bench/results/<UTC date>.md,
+  (no option)   full size, ~70 min after the build; writes bench/results/<UTC date>.md,
                 <date>-*.png and <date>-*.jsonl (the committed reports are such runs)
-  --quick       the same pipeline at toy sizes, ~6 min: a check that it works, not a
+  --quick       the same pipeline at toy sizes, ~15 min: a check that it works, not a
                 measurement; writes into bench/results/quick/, which git ignores
   -h, --help    this text
 
 Environment (defaults in brackets):
   SWEEPS        sweeps to run after the matrix, space-separated; empty = the matrix only
-                [conns paths fanout msgsize knee-echo knee-broadcast capacity]
+                [conns paths fanout msgsize knee-echo knee-broadcast capacity nodes multicore];
+                nodes and multicore need Debian's redis-server
   SERVERS       servers to measure, in order ["rust-ws python-ws"]
   OUT           the report's path; its data goes beside it [see above]
   DURATION      seconds per timed matrix run [10; quick 2]
@@ -64,7 +68,7 @@ if [[ "$QUICK" == 1 ]]; then
   OUT=${OUT:-$ROOT/bench/results/quick/$(date -u +%Y-%m-%d).md}
 fi
 # Issue 13's sweeps, by name (bench/sweep.py); empty = the matrix only.
-SWEEPS=${SWEEPS-conns paths fanout msgsize knee-echo knee-broadcast capacity}
+SWEEPS=${SWEEPS-conns paths fanout msgsize knee-echo knee-broadcast capacity nodes multicore}
 SLO_ECHO_MS=${SLO_ECHO_MS:-50}
 SLO_BROADCAST_MS=${SLO_BROADCAST_MS:-250}
 
@@ -138,6 +142,12 @@ fi
 if [[ -n "$SWEEPS" ]]; then
   "$PYTHON" -c 'import matplotlib' 2>/dev/null || {
     echo "run.sh: $PYTHON cannot import matplotlib; run: $PYTHON -m pip install -r bench/requirements.txt" >&2
+    exit 1
+  }
+fi
+if [[ " $SWEEPS " == *" nodes "* || " $SWEEPS " == *" multicore "* ]]; then
+  command -v redis-server >/dev/null || {
+    echo "run.sh: the nodes and multicore sweeps need redis-server: apt-get install redis-server" >&2
     exit 1
   }
 fi

@@ -18,6 +18,14 @@ The sweeps (`--quick` shrinks sizes and durations so the whole pipeline runs in 
    falls behind (stops two steps past the SLO).
 5. `capacity`: one room growing in steps, every client sending at a fixed rate (Hashrocket's
    websocket-shootout method), until p95 round trip passes the SLO.
+6. `nodes`: rooms of 10 and of 100 members spread over 1 node without a broker, 1 node on Redis,
+   2 nodes on Redis (4 where the cores allow, `--max-nodes`): the broadcast closed loop, then the
+   broadcast knee (open loop, as `knee-broadcast`), with reach and order checked on every run
+   and Redis's own CPU and RSS read around it (`cluster.py` starts Redis and the nodes).
+7. `multicore`: the fair multi-core row, every setup on the same two cores: python-ws as 2
+   processes on Redis, rust-ws as 1 process with 2 workers and no broker, rust-ws as 2 nodes on
+   Redis; echo, broadcast and sessions, with the memory of each setup (RSS of every process,
+   Redis's included).
 
 Servers are started here (pinned with taskset like run.sh's matrix) so each sweep can give them
 the settings it needs, e.g. a short keepalive interval for the idle-CPU figure.
@@ -247,6 +255,202 @@ def plan(a: argparse.Namespace) -> list[Step]:
     return [s for s in steps if s.sweep in a.sweeps]
 
 
+# ---- several nodes -------------------------------------------------------------------------------
+
+
+@dataclass
+class Setup:
+    """Servers of one kind as one cluster: how many nodes, on a broker or not, on which CPUs
+    (a taskset list), and their own environment."""
+
+    server: str
+    nodes: int
+    broker: bool
+    name: str
+    cpus: str = "0"
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def node_setups(a: argparse.Namespace, server: str) -> list[Setup]:
+    """The nodes sweep's setups. Nodes run on every CPU but ws-bench's own: with 2 cores, they
+    all share CPU 0 (and Redis with them), ws-bench has CPU 1."""
+    cpus = server_cpus(a)
+    out = [
+        Setup(server, 1, False, "1 node, no broker", cpus),
+        Setup(server, 1, True, "1 node, Redis", cpus),
+    ]
+    n = 2
+    while n <= a.max_nodes:
+        out.append(Setup(server, n, True, f"{n} nodes, Redis", cpus))
+        n *= 2
+    return out
+
+
+def multicore_setups(a: argparse.Namespace) -> list[Setup]:
+    """The fair multi-core row: each setup gets the same two CPUs (`--multicore-cpus`)."""
+    two = a.multicore_cpus
+    return [
+        Setup("python-ws", 2, True, "python-ws: 2 processes, Redis", two),
+        Setup("rust-ws", 1, False, "rust-ws: 1 process, 2 workers", two, {"ROCKET_WORKERS": "2"}),
+        Setup("rust-ws", 2, True, "rust-ws: 2 nodes, Redis", two),
+    ]
+
+
+def server_cpus(a: argparse.Namespace) -> str:
+    """The servers' CPUs when pinned: every CPU but the last, which is ws-bench's."""
+    n = os.cpu_count() or 1
+    return "0" if n <= 2 else f"0-{n - 2}"
+
+
+def client_cpu(a: argparse.Namespace, server_cpus_: str) -> list[str]:
+    """taskset prefix for ws-bench: the last CPU, unless the servers have it (then unpinned)."""
+    n = os.cpu_count() or 1
+    if not a.pin:
+        return []
+    last = str(n - 1)
+    taken = set()
+    for part in server_cpus_.split(","):
+        lo, _, hi = part.partition("-")
+        taken.update(str(c) for c in range(int(lo), int(hi or lo) + 1))
+    return [] if last in taken else ["taskset", "-c", last]
+
+
+def cluster_steps(a: argparse.Namespace, sweep: str) -> list[tuple[Setup, Step]]:
+    """Every (setup, step) of the nodes or multicore sweep, in the order they run."""
+    q = a.quick
+    d = 2.0 if q else a.duration
+    out: list[tuple[Setup, Step]] = []
+    if sweep == "nodes":
+        conns = 100 if q else 1000
+        rates = a.node_rates or (
+            [1000, 4000] if q else [5000, 10000, 20000, 40000, 80000, 160000, 320000]
+        )
+        for server in a.servers.split():
+            for setup in node_setups(a, server):
+                for members in (10, 100):
+                    rooms = max(1, conns // members)
+                    c = rooms * members
+                    base = ["broadcast", "-c", str(c), "--rooms", str(rooms), "-d", str(d)]
+                    tag = f"{setup.nodes}n-{'redis' if setup.broker else 'none'}-{members}m"
+                    out.append(
+                        (setup, Step("nodes", setup.nodes, [*base], d + 6, f"nodes-{tag}-closed"))
+                    )
+                    for deliv in rates:
+                        per_conn = deliv / (c * members)
+                        out.append(
+                            (
+                                setup,
+                                Step(
+                                    "nodes",
+                                    setup.nodes,
+                                    [*base, "--rate", f"{per_conn:.6f}", "--drain-secs", "5"],
+                                    d + 5,
+                                    f"nodes-{tag}-knee-{deliv:g}",
+                                ),
+                            )
+                        )
+    elif sweep == "multicore":
+        ec, bc, sw = (20, 100, 5) if q else (1000, 1000, 50)
+        for setup in multicore_setups(a):
+            for label, args in (
+                ("echo", ["echo", "-c", str(ec), "-d", str(d)]),
+                ("broadcast", ["broadcast", "-c", str(bc), "--rooms", "10", "-d", str(d)]),
+                ("sessions", ["sessions", "-c", str(sw), "-d", str(d)]),
+            ):
+                out.append((setup, Step("multicore", 2, args, d + 5, f"multicore-{label}")))
+    return out
+
+
+def run_clusters(a: argparse.Namespace, sweep: str, f, progress) -> None:
+    """Runs the nodes or multicore sweep: a cluster per setup (Redis and its nodes, fresh), each
+    step one ws-bench run over every node, with Redis's CPU and RSS read around it."""
+    from cluster import Cluster  # bench/cluster.py, beside this file
+
+    steps = cluster_steps(a, sweep)
+    current: Setup | None = None
+    cluster: Cluster | None = None
+    past_slo: dict[str, int] = {}
+    try:
+        for setup, s in steps:
+            knee = "--rate" in s.args
+            group = s.label.rsplit("-", 1)[0] if knee else s.label
+            if knee and past_slo.get(group, 0) >= 2:
+                progress(s, setup, skipped=True)
+                continue
+            progress(s, setup)
+            if setup is not current:
+                if cluster is not None:
+                    cluster.stop()
+                    time.sleep(1)
+                cluster = Cluster(
+                    setup.server,
+                    nodes=setup.nodes,
+                    broker=setup.broker,
+                    cpus=setup.cpus if a.pin else None,
+                    env=setup.env,
+                    work=Path(a.work),
+                    rust_bin=a.rust_bin,
+                    python=a.python,
+                    settle=1.5 if a.quick else 3,
+                )
+                current = setup
+            assert cluster is not None
+            cmd = [
+                *client_cpu(a, setup.cpus),
+                a.bench,
+                *cluster.bench_args(),
+                "--connect-concurrency",
+                str(a.connect_concurrency),
+                "--label",
+                s.label,
+                "--json",
+                *s.args,
+            ]
+            r0 = cluster.redis_reading()
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+            r1 = cluster.redis_reading()
+            if r.returncode != 0:
+                print(f"    ws-bench failed ({r.returncode}): {r.stderr.strip()}", file=sys.stderr)
+                continue
+            rep = json.loads(r.stdout)
+            rep.update(
+                sweep=sweep,
+                x=s.x,
+                target=setup.server,
+                setup=setup.name,
+                broker="redis" if setup.broker else "none",
+                kind="knee" if knee else "closed",
+                offered=float(s.label.rsplit("-", 1)[1]) if knee else 0.0,
+                members=(rep.get("broadcast") or {}).get("members"),
+                cpus=setup.cpus if a.pin else "all",
+                client_cpus=" ".join(client_cpu(a, setup.cpus)[2:]) or "unpinned",
+            )
+            if r0 and r1:
+                rep.update(redis_cpu_s=r1[0] - r0[0], redis_rss=max(r0[1], r1[1]))
+            f.write(json.dumps(rep) + "\n")
+            f.flush()
+            b = rep.get("broadcast") or {}
+            lat = rep.get("latency") or {}
+            reach = (
+                f" reach={100 * b['reach_received'] / b['reach_expected']:.1f}%"
+                if b.get("reach_expected")
+                else ""
+            )
+            print(
+                f"    p99={lat.get('p99_us', '-')}us{reach} "
+                f"client_cpu={rep.get('client_cpu_pct', 0):.0f}%"
+                f"{' SATURATED' if rep.get('client_saturated') else ''} "
+                f"notes={'; '.join(rep.get('notes', []))[:200]}",
+                file=sys.stderr,
+            )
+            if knee and over_slo(rep, "knee-broadcast", a):
+                past_slo[group] = past_slo.get(group, 0) + 1
+            time.sleep(0.5 if a.quick else 2)
+    finally:
+        if cluster is not None:
+            cluster.stop()
+
+
 # ---- servers -----------------------------------------------------------------------------------
 
 
@@ -413,7 +617,26 @@ def main() -> None:
         default=512,
         help="handshakes ws-bench keeps in flight while connecting (default: %(default)s)",
     )
+    p.add_argument(
+        "--max-nodes",
+        type=int,
+        default=None,
+        help="most nodes in the nodes sweep (2, 4, ...); default 4 with 5+ cores, else 2",
+    )
+    p.add_argument(
+        "--node-rates",
+        default="",
+        help="offered deliveries/s of the nodes sweep's knee steps, comma list (default: by size)",
+    )
+    p.add_argument(
+        "--multicore-cpus",
+        default="0,1",
+        help="the CPUs every setup of the multicore row gets (taskset list)",
+    )
     a = p.parse_args()
+    a.node_rates = [float(x) for x in a.node_rates.split(",") if x.strip()]
+    if a.max_nodes is None:
+        a.max_nodes = 4 if (os.cpu_count() or 1) >= 5 else 2
     a.sweeps = a.sweeps.split()
     # The servers inherit this process's open-files limit: lift the soft limit to the hard one,
     # as run.sh does, so a hold tier near the cap is the cap's doing, not a default of 1,024.
@@ -428,8 +651,10 @@ def main() -> None:
     jsonl = out / "sweeps.jsonl"
     steps = plan(a)
     servers = a.servers.split()
-    total = len(steps) * len(servers)
+    clusters = {w: cluster_steps(a, w) for w in ("nodes", "multicore") if w in a.sweeps}
+    total = len(steps) * len(servers) + sum(len(v) for v in clusters.values())
     est_total = sum(s.est for s in steps) * len(servers)
+    est_total += sum(s.est + 2 for v in clusters.values() for _, s in v)
     print(f"sweeps: {total} steps, about {fmt_secs(est_total)} estimated", file=sys.stderr)
     (out / "sweeps-meta.json").write_text(
         json.dumps(
@@ -444,6 +669,13 @@ def main() -> None:
                 "pinned": bool(a.pin),
                 "duration": 2.0 if a.quick else a.duration,
                 "servers": servers,
+                "cores": os.cpu_count(),
+                "max_nodes": a.max_nodes,
+                "node_cpus": server_cpus(a) if a.pin else "all",
+                "node_client_cpus": " ".join(client_cpu(a, server_cpus(a))[2:]) or "unpinned",
+                "multicore_cpus": a.multicore_cpus if a.pin else "all",
+                "multicore_client_cpus": " ".join(client_cpu(a, a.multicore_cpus)[2:])
+                or "unpinned",
             },
             indent=1,
         )
@@ -524,6 +756,23 @@ def main() -> None:
             if server is not None:
                 server.stop()
             time.sleep(1)
+
+        def progress(s: Step, setup: Setup, skipped: bool = False) -> None:
+            nonlocal n, done_est
+            n += 1
+            elapsed = time.monotonic() - t_start
+            scale = elapsed / done_est if done_est > 0 else 1.0
+            eta = (est_total - done_est) * scale
+            done_est += s.est + 2
+            what = "skipped (two steps past the SLO already)" if skipped else ""
+            print(
+                f"[{n}/{total}] {setup.name}: {s.label} {what}; elapsed {fmt_secs(elapsed)}, "
+                f"about {fmt_secs(eta)} left",
+                file=sys.stderr,
+            )
+
+        for sweep in clusters:
+            run_clusters(a, sweep, f, progress)
     print(f"sweeps: done in {fmt_secs(time.monotonic() - t_start)}; {jsonl}", file=sys.stderr)
 
 

@@ -14,6 +14,8 @@
 //! cargo run --release -p ws-bench -- echo -c 100 -d 10 --rate 20000 --msg-bytes 1024  # open loop
 //! cargo run --release -p ws-bench -- --source-addrs 4 hold -n 100000 --procs 6 --exchange error --end reset
 //! cargo run --release -p ws-bench -- sessions -c 50 -d 10
+//! cargo run --release -p ws-bench -- --url ws://127.0.0.1:8001/ws,ws://127.0.0.1:8002/ws \
+//!     broadcast -c 1000 --rooms 10 -d 10 --require-reach      # several nodes: reach and order
 //! cargo run --release -p ws-bench -- compare rust.jsonl python.jsonl          # side by side + budgets
 //! cargo run --release -p ws-bench -- show rust.jsonl                          # JSON lines as tables
 //! ```
@@ -21,9 +23,12 @@
 //! Each run prints one markdown table row (with its header unless `--no-header`), or one JSON
 //! object with `--json`. Server RSS and CPU come from `/proc/PID` of the process listening on the
 //! target's port (found, or `--pid`, which must be that process), else from the server's
-//! `/metrics` with `--metrics-url`. A debug build of the server is flagged. Exit status: 0 for a
-//! report, 1 when the run could not measure anything (every handshake failed: stopped early, with
-//! one line saying where and why), 2 for a command line that can't be run. Progress goes to stderr
+//! `/metrics` with `--metrics-url`. A debug build of the server is flagged. With several `--url`s
+//! (nodes of one cluster) connections are spread round-robin, each node is measured apart, and
+//! every broadcast run checks reach and order (`modes/reach.rs`). Exit status: 0 for a report, 1
+//! when the run could not measure anything (every handshake failed: stopped early, with one line
+//! saying where and why), 2 for a command line that can't be run, 3 with `--require-reach` when
+//! a broadcast missed a member or broke the order (after the report). Progress goes to stderr
 //! when it is a terminal. `bench/run.sh` runs the whole matrix.
 
 mod client;
@@ -53,7 +58,9 @@ use crate::target::Target;
     about = "Low-overhead WebSocket load generator for wslab protocol v1 (loopback only)",
     after_help = "Exit status: 0 a report was printed; 1 the run could not measure what it was asked \
 (no handshake succeeded: it stops within a second or 32 failures, with one line saying where and \
-why); 2 the command line can't be run (bad values, a --pid that is not the server).\n\
+why); 2 the command line can't be run (bad values, a --pid that is not the server); 3 with \
+--require-reach, a broadcast run whose reach was below 100% or whose order check failed (the report \
+is printed all the same).\n\
 Progress (phase, time, connections open) goes to stderr when it is a terminal."
 )]
 struct Cli {
@@ -66,18 +73,31 @@ struct Cli {
 /// The options every load mode shares (global: they may come before or after the mode).
 #[derive(Args, Debug)]
 pub struct Common {
-    /// WebSocket endpoint; must be on loopback.
-    #[arg(long, global = true, default_value = "ws://127.0.0.1:8000/ws")]
-    pub url: String,
+    /// WebSocket endpoint; must be on loopback. Repeat it (or give a comma list) for several
+    /// nodes: connections are spread round-robin over them, so each broadcast room has members on
+    /// every node, and the row gives each node's share, its node id and broker (`ws_node_info`).
+    #[arg(
+        long,
+        global = true,
+        value_delimiter = ',',
+        default_value = "ws://127.0.0.1:8000/ws"
+    )]
+    pub url: Vec<String>,
     /// Server process id: RSS and CPU from /proc/PID. It must own the socket listening on --url's
-    /// port; default: the one process listening there.
-    #[arg(long, global = true)]
-    pub pid: Option<i32>,
+    /// port; default: the one process listening there. With several --url, one per --url, in the
+    /// same order (or none).
+    #[arg(long, global = true, value_delimiter = ',')]
+    pub pid: Vec<i32>,
     /// Server metrics URL (loopback): RSS and CPU from its process metrics when no server process
-    /// is known, and ws_connections for the hold mode. The server's build (ws_build_info) is read
-    /// here, else at /metrics on --url's host and port.
+    /// is known, ws_connections for the hold mode, the servers' own timers (fan-out, broker
+    /// publish). The server's build (ws_build_info) and node (ws_node_info) are read here, else at
+    /// /metrics on --url's host and port. With several --url, one per --url (or none).
+    #[arg(long, global = true, value_delimiter = ',')]
+    pub metrics_url: Vec<String>,
+    /// Exit 3 (after printing the report) when a broadcast run's reach is below 100% or a member
+    /// saw its room's seq out of order, with gaps, or differently from another member.
     #[arg(long, global = true)]
-    pub metrics_url: Option<String>,
+    pub require_reach: bool,
     /// One JSON object per run instead of a markdown row.
     #[arg(long, global = true)]
     pub json: bool,
@@ -214,25 +234,57 @@ fn run(cli: Cli) -> Result<(), Failure> {
 /// One load run: checks the common options and the mode's, builds the context and the runtime,
 /// runs the mode and prints its report.
 fn load<L: Load>(c: &Common, mode: L) -> Result<(), Failure> {
-    let target = Target::parse(&c.url, "ws")?;
-    let metrics = c
-        .metrics_url
-        .as_deref()
-        .map(|u| Target::parse(u, "http"))
-        .transpose()?;
-    if let Some(pid) = c.pid {
-        if sys::proc_rss(Some(pid)).is_none() {
-            return Err(
-                format!("--pid {pid}: no such process (or /proc/{pid}/status unreadable)").into(),
-            );
+    let targets = c
+        .url
+        .iter()
+        .map(|u| Target::parse(u, "ws"))
+        .collect::<Result<Vec<_>, _>>()?;
+    if targets.is_empty() {
+        return Err("--url: at least one".into());
+    }
+    let n = targets.len();
+    for (what, given) in [
+        ("--pid", c.pid.len()),
+        ("--metrics-url", c.metrics_url.len()),
+    ] {
+        if given != 0 && given != n {
+            return Err(format!("{what}: give one per --url ({n}) or none, not {given}").into());
         }
     }
-    // The process measured must be the one serving the target's port.
-    let (pid, pid_note) = if L::MEASURES {
-        probe::server_pid(c.pid, target.addr)?
-    } else {
-        (None, None)
-    };
+    let metrics = c
+        .metrics_url
+        .iter()
+        .map(|u| Target::parse(u, "http").map(Some))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut nodes = Vec::with_capacity(n);
+    let mut pid_notes = Vec::new();
+    for (k, target) in targets.into_iter().enumerate() {
+        let want = c.pid.get(k).copied();
+        if let Some(pid) = want {
+            if sys::proc_rss(Some(pid)).is_none() {
+                return Err(format!(
+                    "--pid {pid}: no such process (or /proc/{pid}/status unreadable)"
+                )
+                .into());
+            }
+        }
+        // The process measured must be the one serving the target's port.
+        let (pid, pid_note) = if L::MEASURES {
+            probe::server_pid(want, target.addr)?
+        } else {
+            (None, None)
+        };
+        pid_notes.extend(pid_note);
+        nodes.push(modes::Node {
+            target,
+            probe: Probe {
+                pid,
+                metrics: metrics.get(k).cloned().flatten(),
+            },
+            info: None,
+            opened: Default::default(),
+        });
+    }
     if !(1..=4096).contains(&c.text_len) {
         return Err("--text-len must be 1-4096 (the protocol's text limit)".into());
     }
@@ -247,18 +299,20 @@ fn load<L: Load>(c: &Common, mode: L) -> Result<(), Failure> {
         )
         .into());
     }
-    if c.source_addrs > 0 && !target.addr.is_ipv4() {
-        return Err("--source-addrs needs an IPv4 (127.x) target".into());
-    }
     let read_buffer = c.read_buffer.unwrap_or(mode.read_buffer());
     let opts = mode.opts(c, read_buffer)?;
+    if c.source_addrs > 0 && nodes.iter().any(|n| !n.target.addr.is_ipv4()) {
+        return Err("--source-addrs needs IPv4 (127.x) targets".into());
+    }
     let sources: Vec<std::net::IpAddr> = (0..c.source_addrs)
         .map(|k| std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2 + k)))
         .collect();
     let threads = c.threads.unwrap_or_else(sys::usable_cores).max(1);
     let mut ctx = Ctx {
-        target,
-        probe: Probe { pid, metrics },
+        target: nodes[0].target.clone(),
+        probe: nodes[0].probe.clone(),
+        nodes: Arc::new(nodes),
+        next_node: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         cfg: client::ws_config(read_buffer.max(256)),
         connect_timeout: secs(c.connect_timeout, "--connect-timeout")?,
         connect_sem: Arc::new(tokio::sync::Semaphore::new(c.connect_concurrency)),
@@ -268,7 +322,7 @@ fn load<L: Load>(c: &Common, mode: L) -> Result<(), Failure> {
         sources: Arc::new(sources),
         next_source: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         build: None,
-        notes: pid_note.into_iter().collect(),
+        notes: pid_notes,
         tally: Arc::new(Tally::default()),
     };
     let tally = ctx.tally.clone();
@@ -293,6 +347,12 @@ fn load<L: Load>(c: &Common, mode: L) -> Result<(), Failure> {
         }
         // A debug build is easy to benchmark by mistake: say so now, and in the row.
         ctx.build = ctx.probe.build_info(&ctx.target).await;
+        // Each node's id and broker, for the row (a server without ws_node_info has no broker).
+        let mut nodes = (*ctx.nodes).clone();
+        for n in &mut nodes {
+            n.info = n.probe.node_info(&n.target).await;
+        }
+        ctx.nodes = Arc::new(nodes);
         if let Some(b) = ctx.build.as_ref().filter(|b| b.profile == "debug") {
             eprintln!(
                 "ws-bench: warning: {} at {} is a debug build (ws_build_info profile=\"debug\"): its figures are not the release server's",
@@ -335,7 +395,13 @@ fn load<L: Load>(c: &Common, mode: L) -> Result<(), Failure> {
         }
         println!("{}", report.row());
     }
-    Ok(())
+    match report.broadcast.as_ref().and_then(|b| b.reach_failure()) {
+        Some(why) if c.require_reach => Err(Failure {
+            status: 3,
+            line: format!("--require-reach: {why}"),
+        }),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]

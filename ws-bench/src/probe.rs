@@ -96,6 +96,16 @@ impl Probe {
         build_info(&scrape(&at).await.ok()?)
     }
 
+    /// The node's `ws_node_info{node_id,broker}` (PROTOCOL.md §4), read where [`Probe::build_info`]
+    /// reads: `None` if it can't be read or the server has no such gauge (no broker then).
+    pub async fn node_info(&self, target: &Target) -> Option<NodeInfo> {
+        let at = self.metrics.clone().unwrap_or_else(|| Target {
+            path: "/metrics".into(),
+            ..target.clone()
+        });
+        node_info(&scrape(&at).await.ok()?)
+    }
+
     /// Samples RSS in the background until the returned guard is stopped; keeps the maximum.
     pub fn watch_rss(&self) -> RssWatch {
         let max = Arc::new(AtomicU64::new(0));
@@ -280,6 +290,27 @@ pub fn build_info(text: &str) -> Option<BuildInfo> {
     })
 }
 
+/// This node's `ws_node_info{node_id="...",broker="redis"|"none"} 1`. `None` if the gauge isn't
+/// there (a server older than PROTOCOL.md §5).
+pub fn node_info(text: &str) -> Option<NodeInfo> {
+    let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).ok()?;
+    scrape.samples.into_iter().find_map(|s| {
+        if s.metric != "ws_node_info" {
+            return None;
+        }
+        Some(NodeInfo {
+            node_id: s.labels.get("node_id").unwrap_or("?").to_string(),
+            broker: s.labels.get("broker").unwrap_or("?").to_string(),
+        })
+    })
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeInfo {
+    pub node_id: String,
+    pub broker: String,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct BuildInfo {
     pub server: String,
@@ -313,6 +344,22 @@ impl PromHist {
             buckets,
             sum: (self.sum - before.sum).max(0.0),
         }
+    }
+
+    /// Adds another node's observations (the same bucket bounds, as PROTOCOL.md §4 fixes them).
+    pub fn add(&mut self, other: &PromHist) {
+        if self.buckets.is_empty() {
+            self.buckets = other.buckets.clone();
+        } else {
+            for (le, c) in &mut self.buckets {
+                *c += other
+                    .buckets
+                    .iter()
+                    .find(|(l, _)| l == le)
+                    .map_or(0.0, |x| x.1);
+            }
+        }
+        self.sum += other.sum;
     }
 
     pub fn count(&self) -> f64 {
@@ -461,6 +508,32 @@ mod tests {
         assert_eq!(build_info("ws_connections 3\n"), None);
         assert_eq!(build_info("ws_build_info{server=\"rust-ws\"} 1\n"), None);
         assert_eq!(build_info(""), None);
+    }
+
+    #[test]
+    fn reads_node_info() {
+        let text = "# TYPE ws_node_info gauge\n\
+                    ws_node_info{node_id=\"web-1-7\",broker=\"redis\"} 1\n";
+        assert_eq!(
+            node_info(text),
+            Some(NodeInfo {
+                node_id: "web-1-7".into(),
+                broker: "redis".into()
+            })
+        );
+        assert_eq!(node_info("ws_connections 3\n"), None);
+    }
+
+    #[test]
+    fn histograms_of_several_nodes_add_up() {
+        let h = |a: f64, b: f64| PromHist {
+            buckets: vec![(0.001, a), (f64::INFINITY, b)],
+            sum: b,
+        };
+        let mut all = PromHist::default();
+        all.add(&h(1.0, 2.0));
+        all.add(&h(3.0, 5.0));
+        assert_eq!(all, h(4.0, 7.0));
     }
 
     #[test]

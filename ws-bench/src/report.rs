@@ -180,6 +180,45 @@ pub struct EchoStats {
     pub recv_mb_per_s: f64,
 }
 
+/// One node of a run (`--url`), as measured: who it is, its share of the connections, its own
+/// CPU and RSS, and (broadcast) the deliveries its members received against those owed them.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+pub struct NodeStats {
+    pub url: String,
+    /// From its `ws_node_info`; `None` for a server without the gauge.
+    #[serde(default)]
+    pub node_id: Option<String>,
+    /// `redis` or `none` (`ws_node_info`); `None` for a server without the gauge (no broker).
+    #[serde(default)]
+    pub broker: Option<String>,
+    #[serde(default)]
+    pub pid: Option<i32>,
+    /// Handshakes that succeeded to this node (for broadcast: its members).
+    #[serde(default)]
+    pub conns: u64,
+    /// Its CPU (user + system) in percent of one core over the measured window.
+    #[serde(default)]
+    pub cpu_pct: Option<f64>,
+    #[serde(default)]
+    pub max_rss: Option<u64>,
+    /// Broadcast: deliveries its members received, and those owed them (see [`BroadcastStats`]).
+    #[serde(default)]
+    pub received: u64,
+    #[serde(default)]
+    pub expected: u64,
+}
+
+impl NodeStats {
+    /// Deliveries received ÷ owed, in percent; `None` when nothing was owed.
+    pub fn reach_pct(&self) -> Option<f64> {
+        pct_of(self.received, self.expected)
+    }
+}
+
+fn pct_of(a: u64, b: u64) -> Option<f64> {
+    (b > 0).then(|| 100.0 * a as f64 / b as f64)
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
 pub struct BroadcastStats {
     pub rooms: u64,
@@ -202,9 +241,70 @@ pub struct BroadcastStats {
     /// Round trip of each sender's own broadcasts (send time to its own receipt).
     #[serde(default)]
     pub own_rtt: Option<Latency>,
-    /// The server's `ws_broadcast_duration_seconds` over the same run (enqueueing the fan-out).
+    /// The server's `ws_broadcast_duration_seconds` over the same run (enqueueing the fan-out),
+    /// every node's observations together.
     #[serde(default)]
     pub server_fanout: Option<ServerTimer>,
+    /// Every node's `ws_broker_publish_duration_seconds` over the run (the publish round trip),
+    /// when a node has a broker.
+    #[serde(default)]
+    pub broker_publish: Option<ServerTimer>,
+    /// Reach: deliveries received ÷ deliveries owed, over the members that stayed connected to
+    /// the end (each is owed every broadcast sent to its room in the run). Exact counts; per node
+    /// in the report's `nodes`.
+    #[serde(default)]
+    pub reach_received: u64,
+    #[serde(default)]
+    pub reach_expected: u64,
+    /// Members whose connection ended during the run (their deliveries count in no reach).
+    #[serde(default)]
+    pub members_dropped: u64,
+    /// Order (every member, every room): a `seq` not above the one before it.
+    #[serde(default)]
+    pub seq_violations: u64,
+    /// Order: `seq` numbers skipped (a jump from 7 to 10 is 2).
+    #[serde(default)]
+    pub seq_gaps: u64,
+    /// Order across members: members whose broadcasts carried other `seq` numbers than the rest
+    /// of their room's (compared among members that saw the same `seq` range with no gap).
+    #[serde(default)]
+    pub seq_disagreements: u64,
+}
+
+impl BroadcastStats {
+    /// Reach in percent; `None` when nothing was owed.
+    pub fn reach_pct(&self) -> Option<f64> {
+        pct_of(self.reach_received, self.reach_expected)
+    }
+
+    /// What broke, in one line: reach below 100% or the order check; `None` when neither did.
+    pub fn reach_failure(&self) -> Option<String> {
+        let mut why = Vec::new();
+        if let Some(p) = self
+            .reach_pct()
+            .filter(|_| self.reach_received != self.reach_expected)
+        {
+            why.push(format!(
+                "REACH {p:.1}% ({} of {} deliveries)",
+                self.reach_received, self.reach_expected
+            ));
+        }
+        if self.seq_violations + self.seq_gaps + self.seq_disagreements > 0 {
+            why.push(format!("ORDER {}", self.order()));
+        }
+        (!why.is_empty()).then(|| why.join("; "))
+    }
+
+    /// The order check in a few words: `ok`, or what it counted.
+    pub fn order(&self) -> String {
+        if self.seq_violations + self.seq_gaps + self.seq_disagreements == 0 {
+            return "ok".into();
+        }
+        format!(
+            "seq: {} out of order, {} skipped, {} members disagreeing",
+            self.seq_violations, self.seq_gaps, self.seq_disagreements
+        )
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
@@ -239,6 +339,10 @@ pub struct Report {
     pub server_cpu_sys_pct: Option<f64>,
     /// When only the sum is known (Prometheus), it goes here and user/sys stay empty.
     pub server_cpu_total_pct: Option<f64>,
+    /// Seconds over which the CPU figures were measured (the window, a broadcast's drain
+    /// included): percent × this ÷ 100 = CPU seconds.
+    #[serde(default)]
+    pub cpu_window_s: f64,
     pub client_cpu_pct: f64,
     pub client_cores: u64,
     pub client_threads: u64,
@@ -248,6 +352,9 @@ pub struct Report {
     pub broadcast: Option<BroadcastStats>,
     #[serde(default)]
     pub echo: Option<EchoStats>,
+    /// Every target (`--url`), in order: one for a single server.
+    #[serde(default)]
+    pub nodes: Vec<NodeStats>,
     pub notes: Vec<String>,
 }
 
@@ -260,6 +367,27 @@ impl Report {
 
     pub fn failed_handshakes(&self) -> u64 {
         self.connect_failures.values().sum()
+    }
+
+    /// How many nodes and which broker: `1 none`, `2 redis`, `2 none+redis`.
+    pub fn topology(&self) -> String {
+        let mut brokers: Vec<&str> = self
+            .nodes
+            .iter()
+            .map(|n| n.broker.as_deref().unwrap_or("none"))
+            .collect();
+        brokers.sort_unstable();
+        brokers.dedup();
+        match brokers.is_empty() {
+            true => "1 ?".into(),
+            false => format!("{} {}", self.nodes.len(), brokers.join("+")),
+        }
+    }
+
+    /// Connections per node, in `--url` order: `50/50`.
+    pub fn spread(&self) -> String {
+        let v: Vec<String> = self.nodes.iter().map(|n| n.conns.to_string()).collect();
+        v.join("/")
     }
 
     /// The mode's own columns, after the common ones.
@@ -289,6 +417,7 @@ impl Report {
             c.push(("MB/s out", format!("{:.1}", e.sent_mb_per_s)));
             c.push(("MB/s in", format!("{:.1}", e.recv_mb_per_s)));
         }
+        c.push(("nodes", format!("{} ({})", self.topology(), self.spread())));
         if let Some(b) = &self.broadcast {
             c.push(("deliveries/s", num(Some(b.deliveries_per_s))));
             c.push(("sent/s", num(Some(b.sent_per_s))));
@@ -301,6 +430,21 @@ impl Report {
                         "{:.1}%",
                         100.0 * b.delivered_total as f64 / b.expected as f64
                     )
+                },
+            ));
+            c.push((
+                "reach",
+                match b.reach_pct() {
+                    None => "-".into(),
+                    Some(_) if b.reach_received == b.reach_expected => "100%".into(),
+                    Some(p) => format!("⚠ {p:.1}%"),
+                },
+            ));
+            c.push((
+                "order",
+                match b.order().as_str() {
+                    "ok" => "ok".into(),
+                    o => format!("⚠ {o}"),
                 },
             ));
         }

@@ -634,3 +634,117 @@ fn only_loopback_is_a_target() {
     assert_eq!(code, 2);
     assert!(err.contains("loopback"), "{err}");
 }
+
+/// Two single servers without a broker, one broadcast run spread over both: each broadcast
+/// reaches only its sender's node, so reach is below 100%, and ws-bench must say so loudly (a
+/// warning in the row, each node's share) and, with --require-reach, exit 3 after the report.
+/// One server: reach is exactly 100% and the order check is clean.
+#[test]
+fn reach_across_nodes_without_a_broker_is_named() {
+    let (a, b) = (start_rust_ws(), start_rust_ws());
+    let urls = format!("ws://127.0.0.1:{}/ws,ws://127.0.0.1:{}/ws", a.port, b.port);
+    let metrics = format!(
+        "http://127.0.0.1:{}/metrics,http://127.0.0.1:{}/metrics",
+        a.port, b.port
+    );
+    let pids = format!("{},{}", a.child.id(), b.child.id());
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "--url",
+            &urls,
+            "--pid",
+            &pids,
+            "--metrics-url",
+            &metrics,
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&[
+            "broadcast",
+            "-c",
+            "20",
+            "--rooms",
+            "2",
+            "-d",
+            "0.5",
+            "--drain-secs",
+            "1",
+        ]);
+        bench(&args)
+    };
+    let (code, out, err) = run(&[]);
+    assert_eq!(
+        code, 0,
+        "without --require-reach the run is a report: {err}"
+    );
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    let nodes = v["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 2, "{v}");
+    for (n, s) in nodes.iter().zip([&a, &b]) {
+        // Each room's 10 members: 5 on each node.
+        assert_eq!(n["conns"], 10, "{v}");
+        assert_eq!(n["pid"], s.child.id(), "{v}");
+        assert!(
+            n["cpu_pct"].is_number() && n["max_rss"].as_u64() > Some(0),
+            "{v}"
+        );
+        let (got, owed) = (
+            n["received"].as_u64().unwrap(),
+            n["expected"].as_u64().unwrap(),
+        );
+        assert!(got > 0 && got < owed, "{v}");
+    }
+    let bs = &v["broadcast"];
+    let (got, owed) = (
+        bs["reach_received"].as_u64().unwrap(),
+        bs["reach_expected"].as_u64().unwrap(),
+    );
+    // Exact: what the nodes' members received, and every send owed to each of its room's 10.
+    assert_eq!(
+        got,
+        nodes
+            .iter()
+            .map(|n| n["received"].as_u64().unwrap())
+            .sum::<u64>()
+    );
+    assert_eq!(owed, bs["sent"].as_u64().unwrap() * 10, "{v}");
+    assert!(got < owed, "{v}");
+    let note = v["notes"][0].as_str().unwrap();
+    assert!(
+        note.starts_with("⚠ REACH ") && note.contains("per node: node 1 (ws://"),
+        "{note}"
+    );
+
+    let (code, out, err) = run(&["--require-reach"]);
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(
+        err.trim_end()
+            .starts_with("ws-bench: --require-reach: REACH "),
+        "{err}"
+    );
+    assert!(
+        out.contains("\"reach_expected\""),
+        "the report is printed all the same: {out}"
+    );
+
+    // One node: every member gets every broadcast, in one order.
+    let one = format!("ws://127.0.0.1:{}/ws", a.port);
+    let (code, out, err) = bench(&[
+        "--url",
+        &one,
+        "--require-reach",
+        "--no-header",
+        "broadcast",
+        "-c",
+        "20",
+        "--rooms",
+        "2",
+        "-d",
+        "0.5",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("| 1 none (20) |") && out.contains("| 100% | ok |"),
+        "{out}"
+    );
+}

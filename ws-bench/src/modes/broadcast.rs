@@ -9,8 +9,12 @@
 //! not the whole object: this loop is where ws-bench spends its CPU when the server is fast.
 //!
 //! The runner opens the connections (which tells this file how many members each room has),
-//! gives go and stop; this file runs the send/receive loop and checks deliveries against
-//! what was owed.
+//! gives go and stop; this file runs the send/receive loop; `reach.rs` checks deliveries against
+//! what was owed and the order of every member's `seq`.
+//!
+//! With several nodes (`--url` repeated), the k-th member of each room connects to node k mod
+//! nodes, so every room has members on every node (round-robin over all connections would put a
+//! room on one node whenever rooms and nodes share a factor).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -19,9 +23,11 @@ use std::time::{Duration, Instant};
 use tokio::time::{sleep, sleep_until};
 
 use super::meter::{common_notes, Meter};
+use super::reach::{self, Member, SeqCheck};
 use super::runner::Fleet;
 use super::{Ctx, Load};
 use crate::client::{self, Delivery, Scanned, Template};
+use crate::probe::PromHist;
 use crate::report::{bump, merge, BroadcastStats, Counts, Report, ServerTimer, SharedHist};
 use crate::{secs, Common, Failure};
 
@@ -86,6 +92,12 @@ pub struct BroadcastOpts {
 #[derive(Debug, Default)]
 struct BroadcastOut {
     room: usize,
+    node: usize,
+    /// Its first connect succeeded: it is one of its room's members.
+    opened: bool,
+    /// Stayed connected until stop or the drain's end (not cut off by an error).
+    stayed: bool,
+    seq: SeqCheck,
     /// Broadcasts it sent in the window.
     sent: u64,
     /// Broadcasts it received within the window, and in the window and drain together.
@@ -113,16 +125,20 @@ async fn broadcast(ctx: Ctx, o: BroadcastOpts) -> Report {
         let (sent_per_room, delivered) = (sent_per_room.clone(), delivered.clone());
         let tpl = tpl.clone();
         let room = i % rooms;
+        // This member's place in its room picks its node: each room spans every node.
+        let node = (i / rooms) % ctx.nodes.len();
         let (rate, drain) = (o.rate, o.drain);
         fleet.spawn(move |cue| async move {
             let mut out = BroadcastOut {
                 room,
+                node,
                 ..Default::default()
             };
             let name = format!("bench-{room}");
-            let first = ctx.connect(Some(&name), &conn_hist).await;
+            let first = ctx.connect_to(node, Some(&name), &conn_hist).await;
             let mut signal = cue.connected(first.as_ref());
             let Ok(mut c) = first else { return out };
+            out.opened = true;
             let Some(end) = signal.go().await else {
                 return out;
             };
@@ -140,7 +156,6 @@ async fn broadcast(ctx: Ctx, o: BroadcastOpts) -> Report {
             tokio::pin!(stopped);
             let mut rec = lat.recorder();
             let mut own_rec = own.recorder();
-            let mut last_seq = 0u64;
             let mut outstanding = 0u64;
             let paced = rate > 0.0;
             let every = if paced {
@@ -198,10 +213,11 @@ async fn broadcast(ctx: Ctx, o: BroadcastOpts) -> Report {
                                 own_rec.record(now.saturating_sub(s));
                             }
                         }
-                        if d.seq <= last_seq {
+                        let before = out.seq.violations;
+                        out.seq.see(d.seq, d.from, d.sent_at);
+                        if out.seq.violations > before {
                             bump(&mut out.errors, "seq_out_of_order");
                         }
-                        last_seq = d.seq;
                         out.delivered_total += 1;
                         delivered.fetch_add(1, Ordering::Relaxed);
                         if now < end_us {
@@ -240,8 +256,8 @@ async fn broadcast(ctx: Ctx, o: BroadcastOpts) -> Report {
                     }
                     // Everyone stays until told to stop or drain_end: a task that left early would
                     // lose messages still in flight to it, and they would count as missing.
-                    _ = &mut drain_deadline => break,
-                    _ = &mut stopped => break,
+                    _ = &mut drain_deadline => { out.stayed = true; break }
+                    _ = &mut stopped => { out.stayed = true; break }
                 }
             }
             drop((rec, own_rec));
@@ -260,8 +276,9 @@ async fn broadcast(ctx: Ctx, o: BroadcastOpts) -> Report {
             members[i % rooms] += 1;
         }
     }
-    let fanout0 = ctx.probe.histogram("ws_broadcast_duration_seconds").await;
-    let meter = Meter::start(&ctx.probe).await;
+    let fanout0 = nodes_histogram(&ctx, "ws_broadcast_duration_seconds").await;
+    let publish0 = nodes_histogram(&ctx, "ws_broker_publish_duration_seconds").await;
+    let meter = Meter::start(&ctx).await;
     let end = Instant::now() + o.duration;
     ctx.tally.phase("broadcasting", Some(o.duration));
     fleet.go(end);
@@ -284,29 +301,40 @@ async fn broadcast(ctx: Ctx, o: BroadcastOpts) -> Report {
     fleet.stop();
     let joined = fleet.join(Duration::from_secs(30)).await;
     let wall = meter.finish(&ctx, &mut r).await;
-    let fanout1 = ctx.probe.histogram("ws_broadcast_duration_seconds").await;
+    let fanout1 = nodes_histogram(&ctx, "ws_broadcast_duration_seconds").await;
+    let publish1 = nodes_histogram(&ctx, "ws_broker_publish_duration_seconds").await;
     let d = o.duration.as_secs_f64();
     let mut b = BroadcastStats {
         rooms: rooms as u64,
         rate_per_conn: o.rate,
         members: members.iter().copied().max().unwrap_or(0),
         own_rtt: own.summary(),
-        server_fanout: match (fanout1, fanout0) {
-            (Some(a), Some(b)) => {
-                let h = a.since(&b);
-                let us = |x: Option<f64>| x.map(|s| s * 1e6);
-                Some(ServerTimer {
-                    count: h.count(),
-                    mean_us: (h.count() > 0.0).then(|| h.sum / h.count() * 1e6),
-                    p50_us: us(h.quantile(0.5)),
-                    p95_us: us(h.quantile(0.95)),
-                    p99_us: us(h.quantile(0.99)),
-                })
-            }
-            _ => None,
-        },
+        server_fanout: timer(fanout1, fanout0),
+        broker_publish: timer(publish1, publish0).filter(|t| t.count > 0.0),
         ..Default::default()
     };
+    let mut room_sent = vec![0u64; rooms];
+    for out in &joined.outs {
+        room_sent[out.room] += out.sent;
+    }
+    let ms: Vec<Member> = joined
+        .outs
+        .iter()
+        .map(|out| Member {
+            room: out.room,
+            node: out.node,
+            opened: out.opened,
+            stayed: out.stayed,
+            received: out.delivered_total,
+            seq: out.seq.clone(),
+        })
+        .collect();
+    reach::reckon(
+        &ms.iter().collect::<Vec<_>>(),
+        &room_sent,
+        &mut b,
+        &mut r.nodes,
+    );
     for out in &joined.outs {
         b.sent += out.sent;
         b.deliveries += out.deliveries;
@@ -347,6 +375,38 @@ async fn broadcast(ctx: Ctx, o: BroadcastOpts) -> Report {
             r.notes.push(format!("offered {offered:.0} sends/s but only {:.0} went out: server or client could not keep up", b.sent_per_s));
         }
     }
+    if let Some(why) = b.reach_failure() {
+        // Loud, first: a run whose broadcasts did not reach every member measured something else.
+        let per_node: Vec<String> = r
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(k, n)| {
+                format!(
+                    "node {}{} ({}) {}",
+                    k + 1,
+                    n.node_id
+                        .as_deref()
+                        .map_or(String::new(), |id| format!(" {id}")),
+                    n.url,
+                    n.reach_pct().map_or("-".into(), |p| format!("{p:.1}%"))
+                )
+            })
+            .collect();
+        r.notes.insert(
+            0,
+            format!(
+                "⚠ {why}: broadcasts did not reach every member once, in one order; per node: {}",
+                per_node.join(", ")
+            ),
+        );
+    }
+    if b.members_dropped > 0 {
+        r.notes.push(format!(
+            "{} members' connections ended during the run: they count in no reach",
+            b.members_dropped
+        ));
+    }
     if b.expected > 0 && b.delivered_total < b.expected {
         r.notes.push(format!(
             "{} of {} deliveries missing after a {:.0} s drain",
@@ -357,4 +417,28 @@ async fn broadcast(ctx: Ctx, o: BroadcastOpts) -> Report {
     }
     r.broadcast = Some(b);
     r
+}
+
+/// A histogram family summed over every node's `/metrics` (`None` if no node has a metrics URL).
+async fn nodes_histogram(ctx: &Ctx, name: &str) -> Option<PromHist> {
+    let mut all: Option<PromHist> = None;
+    for n in ctx.nodes.iter() {
+        if let Some(h) = n.probe.histogram(name).await {
+            all.get_or_insert_with(PromHist::default).add(&h);
+        }
+    }
+    all
+}
+
+/// A server timer over the run, from its histogram before and after.
+fn timer(after: Option<PromHist>, before: Option<PromHist>) -> Option<ServerTimer> {
+    let h = after?.since(&before?);
+    let us = |x: Option<f64>| x.map(|s| s * 1e6);
+    Some(ServerTimer {
+        count: h.count(),
+        mean_us: (h.count() > 0.0).then(|| h.sum / h.count() * 1e6),
+        p50_us: us(h.quantile(0.5)),
+        p95_us: us(h.quantile(0.95)),
+        p99_us: us(h.quantile(0.99)),
+    })
 }

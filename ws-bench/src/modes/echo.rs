@@ -236,7 +236,7 @@ async fn echo(ctx: Ctx, o: EchoOpts) -> Report {
     ctx.tally.phase("connecting", None);
     fleet.connects().await.count_into(&mut r);
     ctx.tally.phase("echoing", Some(o.duration));
-    let meter = Meter::start(&ctx.probe).await;
+    let meter = Meter::start(&ctx).await;
     fleet.go(Instant::now() + o.duration);
     let joined = fleet.join(o.duration + Duration::from_secs(30)).await;
     let wall = meter.finish(&ctx, &mut r).await;
@@ -384,7 +384,7 @@ async fn open_loop(ctx: Ctx, o: EchoOpts) -> Report {
     fleet.connects().await.count_into(&mut r);
     ctx.tally
         .phase("echoing (open loop, then drain)", Some(o.duration));
-    let meter = Meter::start(&ctx.probe).await;
+    let meter = Meter::start(&ctx).await;
     fleet.go(Instant::now() + o.duration);
     let joined = fleet
         .join(o.duration + o.drain + Duration::from_secs(30))

@@ -112,6 +112,10 @@ impl Load for HoldArgs {
         if !(1..=64).contains(&self.procs) {
             return Err("--procs must be 1-64".into());
         }
+        // Memory per connection is one server's figure: hold measures one node.
+        if c.url.len() != 1 {
+            return Err("hold measures one server: give one --url".into());
+        }
         Ok(HoldOpts {
             connections: self.connections,
             rate: self.rate.max(0.0),
@@ -138,7 +142,7 @@ impl Load for HoldArgs {
 fn helper_args(c: &Common, read_buffer: usize, procs: usize) -> Vec<String> {
     let mut args = vec![
         "--url".to_string(),
-        c.url.clone(),
+        c.url[0].clone(),
         "--connect-timeout".into(),
         c.connect_timeout.to_string(),
         "--read-buffer".into(),
@@ -322,7 +326,7 @@ async fn hold(ctx: Ctx, o: HoldOpts) -> Report {
     let mut r = ctx.report("hold");
     r.connections = o.connections;
     let rss_idle_before = ctx.probe.rss().await;
-    let meter = Meter::start(&ctx.probe).await;
+    let meter = Meter::start(&ctx).await;
     let hist = SharedHist::default();
     let t0 = Instant::now();
     let paced = (o.rate > 0.0).then(|| Duration::from_secs_f64(o.connections as f64 / o.rate));

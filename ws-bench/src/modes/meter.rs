@@ -2,13 +2,17 @@
 //! itself, whether ws-bench was the bottleneck, and the notes every row carries about what its
 //! figures can't tell (a saturated client, failed handshakes, errors, a server not measured).
 //!
+//! With several nodes (`--url` repeated) each node is measured apart (its row in the report's
+//! `nodes`) and the row's server figures are their sums: CPU in percent of one core added over
+//! nodes, RSS the sum of each node's peak.
+//!
 //! A mode starts a [`Meter`] where its window begins, finishes it where it ends, and calls
 //! [`common_notes`] before adding notes of its own.
 
 use std::time::{Duration, Instant};
 
 use super::Ctx;
-use crate::probe::{Cpu, Probe, RssWatch};
+use crate::probe::{Cpu, RssWatch};
 use crate::report::Report;
 use crate::sys;
 
@@ -17,34 +21,72 @@ pub struct Meter {
     t0: Instant,
     /// ws-bench's own CPU seconds at the start.
     client0: f64,
-    server0: Option<Cpu>,
-    rss: RssWatch,
+    /// Per node, in `ctx.nodes` order.
+    server0: Vec<Option<Cpu>>,
+    rss: Vec<RssWatch>,
 }
 
 impl Meter {
-    pub async fn start(probe: &Probe) -> Meter {
+    pub async fn start(ctx: &Ctx) -> Meter {
+        let mut server0 = Vec::with_capacity(ctx.nodes.len());
+        for n in ctx.nodes.iter() {
+            server0.push(n.probe.cpu().await);
+        }
         Meter {
             t0: Instant::now(),
             client0: sys::self_cpu_seconds(),
-            server0: probe.cpu().await,
-            rss: probe.watch_rss(),
+            server0,
+            rss: ctx.nodes.iter().map(|n| n.probe.watch_rss()).collect(),
         }
     }
 
-    /// Fills the report's CPU, RSS and saturation figures; returns the window's length.
+    /// Fills the report's CPU, RSS and saturation figures (the sums over nodes, and each node's
+    /// own with its spread); returns the window's length.
     pub async fn finish(self, ctx: &Ctx, r: &mut Report) -> Duration {
         let wall = self.t0.elapsed();
         let client = (sys::self_cpu_seconds() - self.client0).max(0.0);
-        if let (Some(s1), Some(s0)) = (ctx.probe.cpu().await, self.server0) {
-            match s1.since(s0) {
-                Cpu::Split(t) => {
-                    r.server_cpu_user_pct = Some(sys::pct(t.user, wall));
-                    r.server_cpu_sys_pct = Some(sys::pct(t.sys, wall));
-                }
-                Cpu::Total(t) => r.server_cpu_total_pct = Some(sys::pct(t, wall)),
+        r.cpu_window_s = wall.as_secs_f64();
+        ctx.count_spread(r);
+        let mut cpus = Vec::new();
+        for (k, (n, c0)) in ctx.nodes.iter().zip(self.server0).enumerate() {
+            let d = match (n.probe.cpu().await, c0) {
+                (Some(c1), Some(c0)) => Some(c1.since(c0)),
+                _ => None,
+            };
+            if let (Some(d), Some(s)) = (d, r.nodes.get_mut(k)) {
+                s.cpu_pct = Some(sys::pct(d.total(), wall));
             }
+            cpus.push(d);
         }
-        r.server_max_rss = self.rss.finish(&ctx.probe).await;
+        // The row's figure: every node's, added (or none if any node went unmeasured).
+        let total = cpus.iter().copied().collect::<Option<Vec<Cpu>>>();
+        match total.as_deref() {
+            Some(all) if !all.is_empty() && all.iter().all(|c| matches!(c, Cpu::Split(_))) => {
+                let (mut user, mut sys_s) = (0.0, 0.0);
+                for c in all {
+                    if let Cpu::Split(t) = c {
+                        user += t.user;
+                        sys_s += t.sys;
+                    }
+                }
+                r.server_cpu_user_pct = Some(sys::pct(user, wall));
+                r.server_cpu_sys_pct = Some(sys::pct(sys_s, wall));
+            }
+            Some(all) if !all.is_empty() => {
+                let t: f64 = all.iter().map(|c| c.total()).sum();
+                r.server_cpu_total_pct = Some(sys::pct(t, wall));
+            }
+            _ => {}
+        }
+        let mut rss_sum = Some(0u64);
+        for (k, (n, w)) in ctx.nodes.iter().zip(self.rss).enumerate() {
+            let m = w.finish(&n.probe).await;
+            if let Some(s) = r.nodes.get_mut(k) {
+                s.max_rss = m;
+            }
+            rss_sum = rss_sum.zip(m).map(|(a, b)| a + b);
+        }
+        r.server_max_rss = rss_sum;
         r.client_cpu_pct = sys::pct(client, wall);
         r.client_peak_rss = sys::self_peak_rss();
         // Past 90% of the cores it may use, the client, not the server, may be what limits the run.
@@ -94,6 +136,13 @@ pub fn common_notes(ctx: &Ctx, r: &mut Report) {
         r.notes.push(format!(
             "{errs} errors after connect ({})",
             kinds.join(", ")
+        ));
+    }
+    if ctx.nodes.len() > 1 {
+        r.notes.push(format!(
+            "{} nodes ({}): server CPU and RSS are their sums",
+            ctx.nodes.len(),
+            r.spread()
         ));
     }
     if ctx.probe.is_blind() {

@@ -16,12 +16,13 @@ mod broadcast;
 mod echo;
 mod hold;
 mod meter;
+mod reach;
 mod runner;
 mod sessions;
 mod tally;
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,8 +30,8 @@ use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::client::{self, Conn, Fail};
-use crate::probe::{BuildInfo, Probe};
-use crate::report::{Report, SharedHist};
+use crate::probe::{BuildInfo, NodeInfo, Probe};
+use crate::report::{NodeStats, Report, SharedHist};
 use crate::sys;
 use crate::target::Target;
 use crate::{Common, Failure};
@@ -63,11 +64,28 @@ pub trait Load {
     async fn run(ctx: Ctx, o: Self::Opts) -> Result<Option<Report>, Failure>;
 }
 
+/// One server a run sends load to (`--url`, repeated for several nodes), and how it is watched.
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub target: Target,
+    pub probe: Probe,
+    /// Its `ws_node_info` (node id and broker), read before the run; `None` for a server without
+    /// the gauge, which then has no broker.
+    pub info: Option<NodeInfo>,
+    /// Handshakes that succeeded to this node: the spread of the run's connections.
+    pub opened: Arc<AtomicU64>,
+}
+
 /// What every mode needs.
 #[derive(Clone)]
 pub struct Ctx {
+    /// The first node's target and probe: what a single-server mode (hold) measures.
     pub target: Target,
     pub probe: Probe,
+    /// Every node, in `--url` order; connections are spread round-robin over them.
+    pub nodes: Arc<Vec<Node>>,
+    /// Round-robin cursor over `nodes` for modes that don't choose (echo, sessions).
+    pub next_node: Arc<AtomicUsize>,
     pub cfg: WebSocketConfig,
     pub connect_timeout: Duration,
     pub connect_sem: Arc<Semaphore>,
@@ -88,8 +106,21 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    /// One connect (handshake and welcome) under the shared semaphore; its time goes into `hist`.
+    /// One connect to the next node in turn (round-robin over `--url`s).
     async fn connect(&self, room: Option<&str>, hist: &SharedHist) -> Result<Conn, Fail> {
+        let node = self.next_node.fetch_add(1, Ordering::Relaxed) % self.nodes.len().max(1);
+        self.connect_to(node, room, hist).await
+    }
+
+    /// One connect (handshake and welcome) to node `node` under the shared semaphore; its time
+    /// goes into `hist`.
+    async fn connect_to(
+        &self,
+        node: usize,
+        room: Option<&str>,
+        hist: &SharedHist,
+    ) -> Result<Conn, Fail> {
+        let node = &self.nodes[node % self.nodes.len()];
         let _permit = self
             .connect_sem
             .acquire()
@@ -100,9 +131,10 @@ impl Ctx {
             0 => None,
             n => Some(self.sources[self.next_source.fetch_add(1, Ordering::Relaxed) % n]),
         };
-        match client::connect(&self.target, room, self.cfg, self.connect_timeout, source).await {
+        match client::connect(&node.target, room, self.cfg, self.connect_timeout, source).await {
             Ok(mut c) => {
                 hist.recorder().record(t.elapsed().as_micros() as u64);
+                node.opened.fetch_add(1, Ordering::Relaxed);
                 c.open = Some(self.tally.succeeded());
                 Ok(c)
             }
@@ -122,9 +154,27 @@ impl Ctx {
             notes: self.notes.clone(),
             mode: mode.into(),
             url: self.target.ws_uri(None),
+            nodes: self
+                .nodes
+                .iter()
+                .map(|n| NodeStats {
+                    url: n.target.ws_uri(None),
+                    node_id: n.info.as_ref().map(|i| i.node_id.clone()),
+                    broker: n.info.as_ref().map(|i| i.broker.clone()),
+                    pid: n.probe.pid,
+                    ..Default::default()
+                })
+                .collect(),
             client_threads: self.threads as u64,
             client_cores: sys::usable_cores() as u64,
             ..Default::default()
+        }
+    }
+
+    /// Fills each node's spread (connections opened to it) into the report.
+    fn count_spread(&self, r: &mut Report) {
+        for (n, s) in self.nodes.iter().zip(r.nodes.iter_mut()) {
+            s.conns = n.opened.load(Ordering::Relaxed);
         }
     }
 }

@@ -67,7 +67,7 @@ async fn sessions(ctx: Ctx, o: SessionOpts) -> Report {
     r.connections = o.workers;
     let lat = SharedHist::default();
     let conn_hist = SharedHist::default();
-    let meter = Meter::start(&ctx.probe).await;
+    let meter = Meter::start(&ctx).await;
     let end = Instant::now() + o.duration;
     ctx.tally.phase("sessions", Some(o.duration));
     let mut fleet = Fleet::new();
