@@ -22,12 +22,13 @@ import copy
 import re
 import shlex
 import subprocess
+import time
 from pathlib import Path
 
 import kubernetes_validate
 import pytest
 import yaml
-from harness import free_port, running_server
+from harness import free_port, http_get, running_server
 from k8slib import (
     KUBERNETES_VERSION,
     LAB,
@@ -498,3 +499,9 @@ def test_both_real_servers_start_with_the_settings(name):
         settings = {**server_settings(), "WS_BROKER_URL": url}
         with running_server(kind, env=settings) as server:
             assert "ws_connections" in server.metrics_text()
+            # What the readiness probe asks: 200 once the node has its broker (PROTOCOL.md §5:
+            # within 3 s of Redis accepting connections).
+            deadline = time.monotonic() + 10
+            while (status := http_get(server.http_url + "/readyz")[0]) != 200:
+                assert time.monotonic() < deadline, f"/readyz still {status} after 10 s"
+                time.sleep(0.1)
