@@ -32,6 +32,7 @@ import uuid
 import pytest
 from dashlib import (
     CADVISOR_LABEL,
+    CLOSED_PORT_JOBS,
     COMPOSE,
     CONTAINER_LABEL,
     PROM_CONFIG,
@@ -71,8 +72,8 @@ def proof():
             "prometheus": f"127.0.0.1:{prom_port}",
             "rust-ws": f"127.0.0.1:{rust.port}",
             "python-ws": f"127.0.0.1:{python.port}",
-            # Nothing listens here: the job stays configured, reports up == 0, stays on loopback.
-            "cadvisor": f"127.0.0.1:{free_port()}",
+            # Nothing listens there: those jobs stay configured, report up == 0, stay on loopback.
+            **{job: f"127.0.0.1:{free_port()}" for job in CLOSED_PORT_JOBS},
         }
         with running_prometheus(prom_port, targets) as prom:
 
@@ -146,7 +147,12 @@ def test_generated_config_differs_from_the_product_config_only_in_targets(proof)
 
 def test_prometheus_scraped_every_job(proof):
     up = {r["metric"]["job"]: r["value"][1] for r in proof["prom"].query("up")}
-    assert up == {"prometheus": "1", "rust-ws": "1", "python-ws": "1", "cadvisor": "0"}
+    assert up == {
+        "prometheus": "1",
+        "rust-ws": "1",
+        "python-ws": "1",
+        **{job: "0" for job in CLOSED_PORT_JOBS},
+    }
     # The product's recording rules loaded, through the unchanged rule_files path.
     rules = proof["prom"].api("rules")["data"]["groups"]
     assert [g["name"] for g in rules] == ["wslab-latency"]
