@@ -67,7 +67,7 @@ if [[ "$QUICK" == 1 ]]; then
   RUST_ALLOC_VARIANT=${RUST_ALLOC_VARIANT-}
   OUT=${OUT:-$ROOT/bench/results/quick/$(date -u +%Y-%m-%d).md}
 fi
-# Issue 13's sweeps, by name (bench/sweep.py); empty = the matrix only.
+# The sweeps, by name (bench/sweep.py); empty = the matrix only.
 SWEEPS=${SWEEPS-conns paths fanout msgsize knee-echo knee-broadcast capacity nodes multicore}
 SLO_ECHO_MS=${SLO_ECHO_MS:-50}
 SLO_BROADCAST_MS=${SLO_BROADCAST_MS:-250}

@@ -1,4 +1,4 @@
-"""Issue 13's sweeps: how cost grows as load grows, for rust-ws and python-ws, measured by ws-bench.
+"""The sweeps: how cost grows as load grows, for rust-ws and python-ws, measured by ws-bench.
 
 `bench/run.sh` calls this after its fixed matrix; `bench/plot.py` turns what it writes into
 pictures and the report's sweep section. It runs each sweep for each server, one server after
