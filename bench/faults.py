@@ -96,6 +96,7 @@ class Run:
         # Set once every member has connected once.
         self.all_in = asyncio.Event()
         self.joined = 0
+        self.refs = 0
 
     def now(self) -> float:
         return time.monotonic() - self.t0
@@ -148,7 +149,6 @@ class Run:
             await asyncio.sleep(0.2)
 
     async def send_loop(self, ws, m: Member, conn: str) -> None:
-        n = 0
         every = 1 / self.a.rate
         # Senders start once every member is in (so every baseline broadcast is owed to all),
         # spread over one period.
@@ -156,8 +156,9 @@ class Run:
         await asyncio.sleep(every * ((m.index * 0.618) % 1))
         while not self.stop:
             if self.sending:
-                ref = f"{conn}-{n}"
-                n += 1
+                # Unique over the run: a restarted node hands out its conn_ids again.
+                ref = f"b{self.refs}-{conn}"
+                self.refs += 1
                 self.sent[ref] = Sent(ref, m.room, m.node, m.index, self.now(), self.phase)
                 try:
                     await ws.send(
@@ -334,7 +335,7 @@ def check(run: Run) -> dict:
     restarts = sum(1 for e in run.events if e["what"] == "redis restarted")
     return {
         "seq_back_allowed": len(run.members) * restarts,
-        "phases": {k: dict(v) for k, v in phases.items()},
+        "phases": {k: dict(phases[k]) for k in PHASES if k in phases},
         "codes": {k: dict(v) for k, v in codes.items()},
         "outcomes": outcomes,
         "seq_back": seq_back,
@@ -577,6 +578,13 @@ def main() -> None:
     )
     churn_rows: list[dict] = []
     try:
+        # Nodes from before PROTOCOL §5 answer /readyz 404 and ignore the broker: nothing would be
+        # owed to anyone and the check would pass on nothing.
+        if not all(ready(p) for p in cluster.ports):
+            sys.exit(
+                f"faults.py: {a.server} nodes do not answer /readyz 200 with WS_BROKER_URL set: "
+                "this build does not speak PROTOCOL.md §5 (several nodes)"
+            )
         before = sample_nodes(cluster)
         run = Run(a, cluster)
         done = threading.Event()
@@ -605,6 +613,7 @@ def main() -> None:
                     "phases": res["phases"],
                     "codes": res["codes"],
                     "seq_back": res["seq_back"],
+                    "seq_back_allowed": res["seq_back_allowed"],
                     "recovery": rec,
                 }
             )
