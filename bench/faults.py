@@ -578,6 +578,8 @@ def main() -> None:
     )
     churn_rows: list[dict] = []
     try:
+        # Before anything of ours connects (the cluster settled a second after its last /readyz).
+        before = sample_nodes(cluster)
         # Nodes from before PROTOCOL §5 answer /readyz 404 and ignore the broker: nothing would be
         # owed to anyone and the check would pass on nothing.
         if not all(ready(p) for p in cluster.ports):
@@ -585,7 +587,6 @@ def main() -> None:
                 f"faults.py: {a.server} nodes do not answer /readyz 200 with WS_BROKER_URL set: "
                 "this build does not speak PROTOCOL.md §5 (several nodes)"
             )
-        before = sample_nodes(cluster)
         run = Run(a, cluster)
         done = threading.Event()
         ch = threading.Thread(target=churn, args=(a, run, churn_rows, done), daemon=True)
