@@ -540,7 +540,11 @@ impl Conn<'_> {
             Err(e) => return self.reply_error(start, &e),
         };
         let server_ts = now_ms();
-        let head = protocol::reply_head(&msg, self.id);
+        let from = protocol::ConnId {
+            node: self.server.hub.node(),
+            n: self.id,
+        };
+        let head = protocol::reply_head(&msg, from);
         match msg.kind {
             Kind::Echo => {
                 // An echo has no room sequence: seq is always 0.
@@ -548,6 +552,16 @@ impl Conn<'_> {
                 metrics.handling.observe(start.elapsed().as_secs_f64());
                 metrics.received_ok.inc();
                 self.push_own(payload);
+            }
+            Kind::Broadcast if self.server.broker.is_some() => {
+                // With a broker, Redis numbers the broadcast and every node's members (ours
+                // too) get it from the subscription; this connection never waits for it.
+                let parts = protocol::split_reply(head, server_ts);
+                metrics.handling.observe(start.elapsed().as_secs_f64());
+                metrics.received_ok.inc();
+                if let Some(broker) = &self.server.broker {
+                    broker.publish(self.room.name(), parts, msg.reference, self.outbox);
+                }
             }
             Kind::Broadcast => {
                 let head_secs = start.elapsed().as_secs_f64();

@@ -242,6 +242,8 @@ pub struct Hub {
     state: Mutex<HubState>,
     next_id: AtomicU64,
     send_queue: usize,
+    /// `WS_NODE_ID` with a broker: conn_ids are then `NODE_ID:N` (PROTOCOL.md §3).
+    node: Option<Box<str>>,
 }
 
 impl Hub {
@@ -253,7 +255,21 @@ impl Hub {
             }),
             next_id: AtomicU64::new(1),
             send_queue,
+            node: None,
         }
+    }
+
+    /// A hub whose conn_ids are `node:N`: one node of a cluster (PROTOCOL.md §5).
+    pub fn with_node(send_queue: usize, node: &str) -> Hub {
+        Hub {
+            node: Some(node.into()),
+            ..Hub::new(send_queue)
+        }
+    }
+
+    /// The conn_id prefix, `Some` only with a broker.
+    pub fn node(&self) -> Option<&str> {
+        self.node.as_deref()
     }
 
     fn lock(&self) -> MutexGuard<'_, HubState> {
@@ -297,7 +313,11 @@ impl Hub {
                 id,
                 outbox: outbox.clone(),
             });
-            let welcome = protocol::welcome(id, room_name, r.members.len());
+            let conn_id = protocol::ConnId {
+                node: self.node(),
+                n: id,
+            };
+            let welcome = protocol::welcome(conn_id, room_name, r.members.len());
             outbox.push(text_frame(&welcome), self.send_queue);
         }
         Some(room)
@@ -360,6 +380,33 @@ impl Hub {
             fan_out_secs: (t2 - t1).as_secs_f64(),
             recipients,
         }
+    }
+
+    /// Fans a broadcast the broker delivered out to this node's members of `room_name`, if it has
+    /// any: framed once, pushed like [`Hub::broadcast`] pushes (evicting full queues). The room's
+    /// own `seq` is not used: the text already carries the one Redis assigned (PROTOCOL.md §5).
+    /// `None` when the room has no member here; else the time spent pushing.
+    pub fn fan_out(&self, room_name: &str, payload: &str) -> Option<FanOutTimes> {
+        let room = self.lock().rooms.get(room_name)?.clone();
+        let frame = text_frame(payload);
+        let capacity = self.send_queue;
+        let mut r = room.lock();
+        let t1 = Instant::now();
+        let mut evicted = false;
+        for m in &r.members {
+            if m.outbox.push(frame.clone(), capacity) == Push::Full {
+                evicted = true;
+            }
+        }
+        if evicted {
+            r.members.retain(|m| m.outbox.killed().is_none());
+        }
+        let recipients = r.members.len();
+        Some(FanOutTimes {
+            finish_secs: 0.0,
+            fan_out_secs: t1.elapsed().as_secs_f64(),
+            recipients,
+        })
     }
 
     /// Stops new joins and tells every connection to close with 1001.
@@ -505,6 +552,21 @@ mod tests {
         assert_eq!(room.len(), 1);
         hub.leave(&room, 2); // the evicted connection leaves later: harmless
         assert_eq!(room.len(), 1);
+    }
+
+    #[test]
+    fn fan_out_serves_local_members_of_the_named_room_only() {
+        let hub = Hub::with_node(4, "n1");
+        let (a, b) = (Arc::new(Outbox::new()), Arc::new(Outbox::new()));
+        hub.join("r", 1, &a).unwrap();
+        hub.join("other", 2, &b).unwrap();
+        assert!(text(&a.try_pop().unwrap()).contains(r#""conn_id":"n1:1""#));
+        b.try_pop();
+        assert!(hub.fan_out("nobody-here", "x").is_none());
+        let t = hub.fan_out("r", r#"{"seq":7}"#).unwrap();
+        assert_eq!(t.recipients, 1);
+        assert_eq!(text(&a.try_pop().unwrap()), r#"{"seq":7}"#);
+        assert!(b.try_pop().is_none());
     }
 
     #[test]

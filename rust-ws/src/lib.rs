@@ -15,6 +15,7 @@ use rocket::figment::Figment;
 use rocket::{Build, Rocket};
 
 pub mod accept;
+pub mod broker;
 pub mod codeless_close;
 pub mod config;
 pub mod connection;
@@ -77,6 +78,7 @@ pub fn rocket(config: Config) -> Rocket<Build> {
     let metrics = Arc::new(Metrics::new());
     let server = Arc::new(Server::new(config.clone(), metrics.clone()));
     let on_shutdown = server.clone();
+    let broker = server.broker.clone();
 
     rocket::custom(figment(&config))
         .manage(metrics)
@@ -89,10 +91,15 @@ pub fn rocket(config: Config) -> Rocket<Build> {
         .attach(AdHoc::on_liftoff("start-up line", move |rocket| {
             Box::pin(async move {
                 let rc = rocket.config();
+                let broker_url = config
+                    .broker_url
+                    .as_ref()
+                    .map_or("none".to_string(), |u| u.to_string());
                 log_info!(
                     "listening on http://{} (server=rust-ws profile={} backlog={} WS_MAX_MESSAGE_BYTES={} \
                      WS_SEND_QUEUE={} WS_PING_INTERVAL_SECS={} WS_PING_TIMEOUT_SECS={} \
-                     WS_MAX_CONNECTIONS={} WS_HEADER_TIMEOUT_SECS={} LOG_LEVEL={} workers={})",
+                     WS_MAX_CONNECTIONS={} WS_HEADER_TIMEOUT_SECS={} LOG_LEVEL={} workers={} \
+                     WS_NODE_ID={} WS_BROKER_URL={})",
                     SocketAddr::new(rc.address, rc.port),
                     metrics::BUILD_PROFILE,
                     listen_backlog::LISTEN_BACKLOG,
@@ -104,7 +111,14 @@ pub fn rocket(config: Config) -> Rocket<Build> {
                     config.header_timeout_secs,
                     config.log_level.as_str(),
                     rc.workers,
+                    config.node_id,
+                    broker_url,
                 );
+                // After the start-up line, so "broker up" follows it; the node serves local
+                // work whether or not Redis is there yet (PROTOCOL.md §5).
+                if let Some(broker) = broker {
+                    tokio::spawn(broker.run());
+                }
             })
         }))
         .attach(AdHoc::on_shutdown(
@@ -113,6 +127,9 @@ pub fn rocket(config: Config) -> Rocket<Build> {
                 Box::pin(async move {
                     // Detached connection tasks don't see Rocket's shutdown: tell each one.
                     on_shutdown.hub.shutdown();
+                    if let Some(broker) = &on_shutdown.broker {
+                        broker.shutdown();
+                    }
                 })
             },
         ))

@@ -66,6 +66,33 @@ impl CloseReason {
     }
 }
 
+/// Why a broadcast was answered `broker_unavailable`: the `reason` label values (PROTOCOL.md §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishFailure {
+    /// The node was not connected when the broadcast came.
+    Unavailable,
+    /// The node's publish queue was full.
+    Overloaded,
+    /// Sent, then the broker was lost or did not answer in time: maybe delivered.
+    Lost,
+}
+
+impl PublishFailure {
+    pub const ALL: [PublishFailure; 3] = [
+        PublishFailure::Unavailable,
+        PublishFailure::Overloaded,
+        PublishFailure::Lost,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            PublishFailure::Unavailable => "unavailable",
+            PublishFailure::Overloaded => "overloaded",
+            PublishFailure::Lost => "lost",
+        }
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     pub connections: IntGauge,
@@ -76,6 +103,12 @@ pub struct Metrics {
     pub sent: IntCounter,
     pub handling: Histogram,
     pub broadcast: Histogram,
+    node_info: IntGaugeVec,
+    pub broker_up: IntGauge,
+    pub broker_published: IntCounter,
+    pub broker_received: IntCounter,
+    broker_failures: IntCounterVec,
+    pub broker_publish_duration: Histogram,
     le_labels: LeLabels,
 }
 
@@ -136,6 +169,52 @@ impl Metrics {
             .with_label_values(&["rust-ws", BUILD_PROFILE])
             .set(1);
 
+        let node_info = IntGaugeVec::new(
+            Opts::new(
+                "ws_node_info",
+                "This node: its id and its broker, redis or none (constant 1).",
+            ),
+            &["node_id", "broker"],
+        )
+        .unwrap();
+        let broker_up = IntGauge::new(
+            "ws_broker_up",
+            "1 while this node is connected and subscribed to its broker, else 0 (always 0 \
+             without a broker).",
+        )
+        .unwrap();
+        let broker_published = IntCounter::new(
+            "ws_broker_published_total",
+            "Broadcasts this node handed to the broker and the broker confirmed.",
+        )
+        .unwrap();
+        let broker_received = IntCounter::new(
+            "ws_broker_received_total",
+            "Broadcasts this node received from the broker.",
+        )
+        .unwrap();
+        let broker_failures = IntCounterVec::new(
+            Opts::new(
+                "ws_broker_publish_failures_total",
+                "Broadcasts this node could not confirm to the broker, by reason; each was \
+                 answered with broker_unavailable.",
+            ),
+            &["reason"],
+        )
+        .unwrap();
+        let broker_publish_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "ws_broker_publish_duration_seconds",
+                "Time from a broadcast handed to the broker until the broker confirmed it: the \
+                 publish round trip, waiting in the node's publish queue included.",
+            )
+            .buckets(BUCKETS.to_vec()),
+        )
+        .unwrap();
+        for reason in PublishFailure::ALL {
+            broker_failures.with_label_values(&[reason.label()]);
+        }
+
         // Every label value exists at 0 from start-up, so the first scrape shows every series.
         for reason in CloseReason::ALL {
             closed_errors.with_label_values(&[reason.label()]);
@@ -151,6 +230,20 @@ impl Metrics {
         registry.register(Box::new(sent.clone())).unwrap();
         registry.register(Box::new(handling.clone())).unwrap();
         registry.register(Box::new(broadcast.clone())).unwrap();
+        registry.register(Box::new(node_info.clone())).unwrap();
+        registry.register(Box::new(broker_up.clone())).unwrap();
+        registry
+            .register(Box::new(broker_published.clone()))
+            .unwrap();
+        registry
+            .register(Box::new(broker_received.clone()))
+            .unwrap();
+        registry
+            .register(Box::new(broker_failures.clone()))
+            .unwrap();
+        registry
+            .register(Box::new(broker_publish_duration.clone()))
+            .unwrap();
         registry.register(Box::new(build_info)).unwrap();
         // process_* families (Linux only: they read /proc), CPU seconds as a float.
         #[cfg(target_os = "linux")]
@@ -168,8 +261,33 @@ impl Metrics {
             sent,
             handling,
             broadcast,
+            node_info,
+            broker_up,
+            broker_published,
+            broker_received,
+            broker_failures,
+            broker_publish_duration,
             le_labels: LeLabels::for_buckets(&BUCKETS),
         }
+    }
+
+    /// Sets `ws_node_info`'s one series: this node's id and `redis` or `none`. Called once at
+    /// construction of the server, before the first scrape.
+    pub fn set_node_info(&self, node_id: &str, broker: &str) {
+        self.node_info.reset();
+        self.node_info.with_label_values(&[node_id, broker]).set(1);
+    }
+
+    pub fn publish_failed(&self, reason: PublishFailure) {
+        self.broker_failures
+            .with_label_values(&[reason.label()])
+            .inc();
+    }
+
+    pub fn publish_failures(&self, reason: PublishFailure) -> u64 {
+        self.broker_failures
+            .with_label_values(&[reason.label()])
+            .get()
     }
 
     pub fn closed_abnormally(&self, reason: CloseReason) {
@@ -228,6 +346,7 @@ mod tests {
     #[test]
     fn exposes_every_family_and_label_at_zero() {
         let m = Metrics::new();
+        m.set_node_info("web-1", "none");
         let s = scrape(&m);
         for (family, help) in [
             ("ws_connections", "Open WebSocket connections."),
@@ -254,6 +373,33 @@ mod tests {
                 "Time to fan one broadcast out to every connection in its room: enqueueing the \
                  shared payload, not network delivery.",
             ),
+            (
+                "ws_node_info",
+                "This node: its id and its broker, redis or none (constant 1).",
+            ),
+            (
+                "ws_broker_up",
+                "1 while this node is connected and subscribed to its broker, else 0 (always 0 \
+                 without a broker).",
+            ),
+            (
+                "ws_broker_published_total",
+                "Broadcasts this node handed to the broker and the broker confirmed.",
+            ),
+            (
+                "ws_broker_received_total",
+                "Broadcasts this node received from the broker.",
+            ),
+            (
+                "ws_broker_publish_failures_total",
+                "Broadcasts this node could not confirm to the broker, by reason; each was \
+                 answered with broker_unavailable.",
+            ),
+            (
+                "ws_broker_publish_duration_seconds",
+                "Time from a broadcast handed to the broker until the broker confirmed it: the \
+                 publish round trip, waiting in the node's publish queue included.",
+            ),
         ] {
             assert_eq!(
                 s.docs.get(family).map(String::as_str),
@@ -263,7 +409,24 @@ mod tests {
         }
         // The value's kind is the family's TYPE.
         assert_eq!(value(&s, "ws_connections", None), &Value::Gauge(0.0));
-        for name in ["all_ws_connections_total", "ws_messages_sent_total"] {
+        assert_eq!(value(&s, "ws_broker_up", None), &Value::Gauge(0.0));
+        let info = value(&s, "ws_node_info", Some(("node_id", "web-1")));
+        assert_eq!(info, &Value::Gauge(1.0));
+        assert_eq!(
+            value(&s, "ws_node_info", Some(("broker", "none"))),
+            &Value::Gauge(1.0)
+        );
+        for reason in PublishFailure::ALL {
+            let label = Some(("reason", reason.label()));
+            let v = value(&s, "ws_broker_publish_failures_total", label);
+            assert_eq!(v, &Value::Counter(0.0), "{reason:?}");
+        }
+        for name in [
+            "all_ws_connections_total",
+            "ws_messages_sent_total",
+            "ws_broker_published_total",
+            "ws_broker_received_total",
+        ] {
             assert_eq!(value(&s, name, None), &Value::Counter(0.0), "{name}");
         }
         for reason in CloseReason::ALL {
@@ -278,6 +441,7 @@ mod tests {
         for name in [
             "ws_message_handling_duration_seconds",
             "ws_broadcast_duration_seconds",
+            "ws_broker_publish_duration_seconds",
         ] {
             let Value::Histogram(buckets) = value(&s, name, None) else {
                 panic!("{name} is not a histogram");

@@ -194,12 +194,35 @@ fn string<'a>(
     }
 }
 
-/// A conn_id serialised as a JSON string of its decimal digits, without a temporary String.
-struct ConnId(u64);
+/// A conn_id: the decimal counter, after `NODE_ID:` with a broker (PROTOCOL.md §3). Serialised as
+/// a JSON string without a temporary String.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnId<'a> {
+    pub node: Option<&'a str>,
+    pub n: u64,
+}
 
-impl Serialize for ConnId {
+impl From<u64> for ConnId<'static> {
+    fn from(n: u64) -> Self {
+        ConnId { node: None, n }
+    }
+}
+
+impl std::fmt::Display for ConnId<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(node) = self.node {
+            write!(f, "{node}:")?;
+        }
+        write!(f, "{}", self.n)
+    }
+}
+
+impl Serialize for ConnId<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&self.0)
+        match self.node {
+            None => s.collect_str(&self.n),
+            Some(_) => s.collect_str(self),
+        }
     }
 }
 
@@ -207,7 +230,7 @@ impl Serialize for ConnId {
 struct ReplyHead<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
-    from: ConnId,
+    from: ConnId<'a>,
     user: &'a str,
     text: &'a str,
     #[serde(rename = "ref")]
@@ -217,10 +240,10 @@ struct ReplyHead<'a> {
 
 /// A broadcast or echo reply serialised up to, not including, `seq`: the room assigns `seq` under
 /// its lock, so [`finish_reply`] appends it there without re-serialising the rest.
-pub fn reply_head(msg: &ClientMessage<'_>, from: u64) -> Vec<u8> {
+pub fn reply_head<'a>(msg: &ClientMessage<'_>, from: impl Into<ConnId<'a>>) -> Vec<u8> {
     let head = ReplyHead {
         kind: msg.kind.as_str(),
-        from: ConnId(from),
+        from: from.into(),
         user: msg.user,
         text: msg.text,
         reference: msg.reference,
@@ -244,11 +267,20 @@ pub fn finish_reply(mut head: Vec<u8>, seq: u64, server_ts: u64) -> String {
     String::from_utf8(head).expect("serde_json writes UTF-8")
 }
 
+/// A broadcast for the broker (PROTOCOL.md §5): the [`reply_head`] completed up to and including
+/// `"seq":` (HEAD), and everything after the number (TAIL). `HEAD + seq + TAIL` is exactly what
+/// [`finish_reply`] would give.
+pub fn split_reply(mut head: Vec<u8>, server_ts: u64) -> (Vec<u8>, Vec<u8>) {
+    head.extend_from_slice(b",\"seq\":");
+    let tail = format!(",\"server_ts\":{server_ts}}}").into_bytes();
+    (head, tail)
+}
+
 #[derive(Serialize)]
 struct Welcome<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
-    conn_id: ConnId,
+    conn_id: ConnId<'a>,
     room: &'a str,
     server: &'static str,
     connections: usize,
@@ -256,10 +288,10 @@ struct Welcome<'a> {
 
 pub const SERVER_NAME: &str = "rust-ws";
 
-pub fn welcome(conn_id: u64, room: &str, connections: usize) -> String {
+pub fn welcome<'a>(conn_id: impl Into<ConnId<'a>>, room: &str, connections: usize) -> String {
     serde_json::to_string(&Welcome {
         kind: "welcome",
-        conn_id: ConnId(conn_id),
+        conn_id: conn_id.into(),
         room,
         server: SERVER_NAME,
         connections,
@@ -280,6 +312,28 @@ pub fn error_payload(err: &ProtocolError) -> String {
         kind: "error",
         code: err.code,
         detail: &err.detail,
+    })
+    .expect("serialising an error into memory")
+}
+
+#[derive(Serialize)]
+struct BrokerUnavailable<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    code: &'static str,
+    detail: &'static str,
+    #[serde(rename = "ref")]
+    reference: Option<&'a str>,
+}
+
+/// The error a broadcast gets when the broker did not confirm it (PROTOCOL.md §3): the one error
+/// with a `ref`, the broadcast's as sent (`null` when absent).
+pub fn broker_unavailable(reference: Option<&str>) -> String {
+    serde_json::to_string(&BrokerUnavailable {
+        kind: "error",
+        code: "broker_unavailable",
+        detail: "broadcast not delivered: the broker is unavailable",
+        reference,
     })
     .expect("serialising an error into memory")
 }
@@ -479,6 +533,38 @@ mod tests {
             payload,
             r#"{"type":"echo","from":"3","user":"a","text":"b","ref":null,"sent_at":null,"seq":0,"server_ts":9}"#
         );
+    }
+
+    #[test]
+    fn node_conn_ids_and_the_broker_split() {
+        let v = parse(r#"{"type":"broadcast","user":"a","text":"b","ref":"r"}"#).unwrap();
+        let m = validate(&v).unwrap();
+        let from = ConnId {
+            node: Some("web-1"),
+            n: 7,
+        };
+        let whole = finish_reply(reply_head(&m, from), 12, 99);
+        assert!(
+            whole.starts_with(r#"{"type":"broadcast","from":"web-1:7","#),
+            "{whole}"
+        );
+        let (head, tail) = split_reply(reply_head(&m, from), 99);
+        let head = String::from_utf8(head).unwrap();
+        assert!(head.ends_with(r#""seq":"#), "{head}");
+        assert_eq!(tail, br#","server_ts":99}"#);
+        assert_eq!(
+            format!("{head}12{}", String::from_utf8(tail).unwrap()),
+            whole
+        );
+        assert_eq!(
+            welcome(from, "lobby", 1),
+            r#"{"type":"welcome","conn_id":"web-1:7","room":"lobby","server":"rust-ws","connections":1}"#
+        );
+        assert_eq!(
+            broker_unavailable(Some("r1")),
+            r#"{"type":"error","code":"broker_unavailable","detail":"broadcast not delivered: the broker is unavailable","ref":"r1"}"#
+        );
+        assert!(broker_unavailable(None).ends_with(r#""ref":null}"#));
     }
 
     #[test]

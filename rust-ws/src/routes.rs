@@ -1,4 +1,4 @@
-//! The HTTP routes of PROTOCOL.md §2: the `/ws` upgrade, `/metrics` and `/healthz`.
+//! The HTTP routes of PROTOCOL.md §2: the `/ws` upgrade, `/metrics`, `/healthz` and `/readyz`.
 //!
 //! Twin: python-ws/python_ws/routes.py.
 //!
@@ -24,7 +24,7 @@ use crate::server::Server;
 
 /// Every route, for `mount("/", ...)`.
 pub fn all() -> Vec<Route> {
-    routes![ws_upgrade, metrics_route, healthz]
+    routes![ws_upgrade, metrics_route, healthz, readyz]
 }
 
 /// Rocket 0.5 lets `/healthz/` match `/healthz`; the protocol's routes are exact (python-ws
@@ -156,6 +156,16 @@ fn healthz() -> &'static str {
     "ok"
 }
 
+/// 200 `ready` without a broker or while it is up; 503 `broker unavailable` otherwise (§2).
+#[get("/readyz")]
+fn readyz(server: &State<Arc<Server>>) -> (Status, &'static str) {
+    if server.ready() {
+        (Status::Ok, "ready")
+    } else {
+        (Status::ServiceUnavailable, "broker unavailable")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use rocket::http::Status;
@@ -186,7 +196,10 @@ mod tests {
         let res = c.get("/healthz").dispatch().await;
         assert_eq!(res.status(), Status::Ok);
         assert_eq!(res.into_string().await.as_deref(), Some("ok"));
-        for path in ["/healthz/", "/metrics/", "/ws/", "/ws/?room=a"] {
+        let res = c.get("/readyz").dispatch().await;
+        assert_eq!(res.status(), Status::Ok);
+        assert_eq!(res.into_string().await.as_deref(), Some("ready"));
+        for path in ["/healthz/", "/readyz/", "/metrics/", "/ws/", "/ws/?room=a"] {
             assert_eq!(
                 c.get(path).dispatch().await.status(),
                 Status::NotFound,

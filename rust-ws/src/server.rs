@@ -1,6 +1,6 @@
 //! The state one server instance shares between its routes and connections: [`Server`] (config,
-//! metrics, hub and the connection count WS_MAX_CONNECTIONS limits) and the [`Slot`] a
-//! connection holds.
+//! metrics, hub, the broker when there is one, and the connection count WS_MAX_CONNECTIONS
+//! limits) and the [`Slot`] a connection holds.
 //!
 //! Twin: python-ws/python_ws/app.py, whose `App` carries the same state for its handlers.
 //!
@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::broker::Broker;
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -20,15 +21,32 @@ use crate::metrics::Metrics;
 pub struct Server {
     pub config: Config,
     pub metrics: Arc<Metrics>,
-    pub hub: Hub,
+    pub hub: Arc<Hub>,
+    /// `Some` with `WS_BROKER_URL`: broadcasts go through Redis (PROTOCOL.md §5).
+    pub broker: Option<Arc<Broker>>,
     /// Connections open or being upgraded; what WS_MAX_CONNECTIONS limits.
     open: AtomicUsize,
 }
 
 impl Server {
     pub fn new(config: Config, metrics: Arc<Metrics>) -> Server {
+        let broker_kind = if config.broker_url.is_some() {
+            "redis"
+        } else {
+            "none"
+        };
+        metrics.set_node_info(&config.node_id, broker_kind);
+        let (hub, broker) = match &config.broker_url {
+            None => (Arc::new(Hub::new(config.send_queue)), None),
+            Some(url) => {
+                let hub = Arc::new(Hub::with_node(config.send_queue, &config.node_id));
+                let broker = Broker::new(url.clone(), hub.clone(), metrics.clone());
+                (hub, Some(Arc::new(broker)))
+            }
+        };
         Server {
-            hub: Hub::new(config.send_queue),
+            hub,
+            broker,
             config,
             metrics,
             open: AtomicUsize::new(0),
@@ -45,6 +63,11 @@ impl Server {
             })
             .ok()?;
         Some(Slot(self.clone()))
+    }
+
+    /// `/readyz`: no broker, or its connections up and subscribed.
+    pub fn ready(&self) -> bool {
+        self.broker.as_ref().is_none_or(|b| b.is_up())
     }
 
     pub fn open_connections(&self) -> usize {

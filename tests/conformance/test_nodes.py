@@ -1,20 +1,23 @@
 """PROTOCOL.md §5, several nodes on one Redis: black-box, real processes only.
 
-Each test runs on three topologies: two rust-ws nodes, two python-ws nodes, and one of each
-(a room served by both kinds at once, which only works if both speak §5's wire format byte for
-byte). The nodes are real server processes (`running_server` with WS_BROKER_URL and WS_NODE_ID),
+The cluster tests run on three topologies: two rust-ws nodes, two python-ws nodes, and one of
+each (a room served by both kinds at once, which only works if both speak §5's wire format byte
+for byte). What one process decides alone (its configuration, its own publish queue) runs once
+per kind. The nodes are real server processes (`running_server` with WS_BROKER_URL and WS_NODE_ID),
 the broker is Debian's redis-server on a free port (`running_redis`), the clients are real
 WebSocket clients.
 
 - `cluster` (module scope, one per topology): a Redis and two nodes shared by the tests that
   leave them as they found them; every such test uses rooms of its own (`unique_room`), so `seq`
   starts at 1 for each.
-- The tests that kill, pause or withhold Redis, or kill a node, start their own.
+- The tests that kill, pause or withhold Redis, or end a node, start their own.
 
 Timing bounds come from PROTOCOL §5: a node notices a broker that stays silent for 2 s and is
-ready again within 3 s of Redis accepting connections. `SLACK` is added to each bound for what
-the test itself adds: polling /metrics and /readyz every 50 ms and a 2-core machine shared with
-other builds; it is not a tolerance for the servers.
+ready again within 3 s of Redis accepting connections. `SLACK` (1 s) is added to each bound for
+what the test itself adds: polling /metrics and /readyz every 50 ms, scheduling on a 2-core
+machine shared with other builds; it is not a tolerance for the servers. An echo or a pong
+while Redis is paused must come within `PROMPT` (0.5 s), a quarter of the 2 s a stalled read
+would take.
 """
 
 from __future__ import annotations

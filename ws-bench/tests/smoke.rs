@@ -429,8 +429,13 @@ fn sweep_shapes_against_real_rust_ws() {
     assert!(t["p99_us"].as_f64().unwrap() > 0.0, "{fan}");
 }
 
+/// The duration every run of the give-up tests asks for: far longer than giving up takes.
+const GIVE_UP_DURATION: &str = "120";
+
 /// A run that could not measure anything fails (status 1) with one line saying where and why,
-/// and gives up well before its duration.
+/// and gives up well before its duration: within a sixth of it. (It stops 1 s after its first
+/// failure; the rest is process start-up, which took up to 5.3 s when this ran beside the other
+/// smoke tests on a loaded machine, so a fixed 5 s bound was a timing test, not this check.)
 fn assert_gives_up(args: &[&str], url: &str, why: &str) {
     let t = Instant::now();
     let (code, out, err) = bench(args);
@@ -443,9 +448,10 @@ fn assert_gives_up(args: &[&str], url: &str, why: &str) {
             && last.contains(&format!(" to {url} failed ({why})")),
         "{args:?}: {err}"
     );
+    let duration: u64 = GIVE_UP_DURATION.parse().unwrap();
     assert!(
-        took < Duration::from_secs(5),
-        "{args:?} took {took:?}: {err}"
+        took < Duration::from_secs(duration / 6),
+        "{args:?} took {took:?} of its {duration} s: {err}"
     );
 }
 
@@ -457,11 +463,19 @@ fn nothing_listening_fails_at_once() {
     drop(l);
     let url = format!("ws://127.0.0.1:{port}/ws");
     for mode in [
-        &["echo", "-c", "3", "-d", "30"][..],
-        &["sessions", "-c", "5", "-d", "30"],
-        &["hold", "-n", "5", "--hold-secs", "30"],
-        &["hold", "-n", "4", "--procs", "2", "--hold-secs", "30"],
-        &["broadcast", "-c", "4", "-d", "30"],
+        &["echo", "-c", "3", "-d", GIVE_UP_DURATION][..],
+        &["sessions", "-c", "5", "-d", GIVE_UP_DURATION],
+        &["hold", "-n", "5", "--hold-secs", GIVE_UP_DURATION],
+        &[
+            "hold",
+            "-n",
+            "4",
+            "--procs",
+            "2",
+            "--hold-secs",
+            GIVE_UP_DURATION,
+        ],
+        &["broadcast", "-c", "4", "-d", GIVE_UP_DURATION],
     ] {
         let mut args = vec!["--url", &url, "--json"];
         args.extend_from_slice(mode);
@@ -500,9 +514,9 @@ fn every_handshake_404_fails_at_once() {
     let port = not_found_server();
     let url = format!("ws://127.0.0.1:{port}/nowhere");
     for mode in [
-        &["sessions", "-c", "5", "-d", "30"][..],
-        &["hold", "-n", "5", "--hold-secs", "30"],
-        &["echo", "-c", "300", "-d", "30"],
+        &["sessions", "-c", "5", "-d", GIVE_UP_DURATION][..],
+        &["hold", "-n", "5", "--hold-secs", GIVE_UP_DURATION],
+        &["echo", "-c", "300", "-d", GIVE_UP_DURATION],
     ] {
         let mut args = vec!["--url", &url];
         args.extend_from_slice(mode);
@@ -711,15 +725,22 @@ fn reach_across_nodes_without_a_broker_is_named() {
     assert!(got < owed, "{v}");
     let note = v["notes"][0].as_str().unwrap();
     assert!(
-        note.starts_with("⚠ REACH ") && note.contains("per node: node 1 (ws://"),
+        // Each node named by its place, its node id (ws_node_info) and its URL.
+        note.starts_with("⚠ REACH ")
+            && note.contains("per node: node 1 ")
+            && note.contains(&format!(" (ws://127.0.0.1:{}/ws) ", a.port))
+            && note.contains(&format!(" (ws://127.0.0.1:{}/ws) ", b.port)),
         "{note}"
     );
 
     let (code, out, err) = run(&["--require-reach"]);
     assert_eq!(code, 3, "{out}{err}");
+    // The last line says why the status is 3 (a warning about the debug build may come first).
     assert!(
         err.trim_end()
-            .starts_with("ws-bench: --require-reach: REACH "),
+            .lines()
+            .last()
+            .is_some_and(|l| l.starts_with("ws-bench: --require-reach: REACH ")),
         "{err}"
     );
     assert!(
