@@ -8,6 +8,7 @@
 #                                     # bench/results/quick/ (gitignored): proves it works,
 #                                     # measures nothing
 #   SWEEPS="" bench/run.sh            # the matrix only (~5 min)
+#   SWEEPS="hundredk" bench/run.sh    # opt-in: 100,000 connections in one room (~5 min, quiet machine)
 #   SWEEPS="nodes multicore" bench/run.sh   # the matrix, then only the cluster sweeps (~35 min):
 #                                     # nodes on one Redis (Debian's redis-server) and the fair
 #                                     # multi-core row
@@ -145,9 +146,9 @@ if [[ -n "$SWEEPS" ]]; then
     exit 1
   }
 fi
-if [[ " $SWEEPS " == *" nodes "* || " $SWEEPS " == *" multicore "* ]]; then
+if [[ " $SWEEPS " == *" nodes "* || " $SWEEPS " == *" multicore "* || " $SWEEPS " == *" hundredk "* ]]; then
   command -v redis-server >/dev/null || {
-    echo "run.sh: the nodes and multicore sweeps need redis-server: apt-get install redis-server" >&2
+    echo "run.sh: the nodes, multicore and hundredk sweeps need redis-server: apt-get install redis-server" >&2
     exit 1
   }
 fi
