@@ -77,44 +77,18 @@ class Cluster:
         self.ports: list[int] = []
         self.redis: subprocess.Popen | None = None
         self.logs = []
-        pin = ["taskset", "-c", cpus] if cpus and shutil.which("taskset") else []
+        self.pin = ["taskset", "-c", cpus] if cpus and shutil.which("taskset") else []
+        self.work = work
+        self.cmd = [rust_bin] if server == "rust-ws" else [python, "-m", "python_ws"]
         try:
-            base = dict(os.environ, WS_HOST="127.0.0.1", LOG_LEVEL="warning", **env)
+            self.base = dict(os.environ, WS_HOST="127.0.0.1", LOG_LEVEL="warning", **env)
             if broker:
                 self.redis_port = free_port()
-                log = open(work / "redis.log", "ab")  # noqa: SIM115 (closed in stop)
-                self.logs.append(log)
-                # No persistence: the lab's Redis keeps no data (PROTOCOL.md §5).
-                self.redis = subprocess.Popen(
-                    [
-                        *pin,
-                        "redis-server",
-                        "--bind",
-                        "127.0.0.1",
-                        "--port",
-                        str(self.redis_port),
-                        "--save",
-                        "",
-                        "--appendonly",
-                        "no",
-                        "--protected-mode",
-                        "yes",
-                    ],
-                    stdout=log,
-                    stderr=log,
-                )
-                self._wait(self.redis_port, self.redis, "redis-server", log.name)
-                base["WS_BROKER_URL"] = f"redis://127.0.0.1:{self.redis_port}/0"
+                self.start_redis()
+                self.base["WS_BROKER_URL"] = f"redis://127.0.0.1:{self.redis_port}/0"
             for k in range(nodes):
-                port = free_port()
-                e = dict(base, WS_PORT=str(port), WS_NODE_ID=f"{server}-{k + 1}")
-                cmd = [rust_bin] if server == "rust-ws" else [python, "-m", "python_ws"]
-                log = open(work / f"{server}-{k + 1}.log", "ab")  # noqa: SIM115 (closed in stop)
-                self.logs.append(log)
-                p = subprocess.Popen([*pin, *cmd], env=e, stdout=log, stderr=log)
-                self.procs.append(p)
-                self.ports.append(port)
-                self._wait(port, p, server, log.name)
+                self.ports.append(free_port())
+                self.procs.append(self.start_node(k))
             # Every node ready (subscribed, with a broker) before any load.
             deadline = time.monotonic() + 15
             while not all(ready(p) for p in self.ports):
@@ -125,6 +99,34 @@ class Cluster:
         except BaseException:
             self.stop()
             raise
+
+    def start_redis(self) -> None:
+        """Redis on its port (again, after a kill: bench/faults.py), keeping no data."""
+        log = open(self.work / "redis.log", "ab")  # noqa: SIM115 (closed in stop)
+        self.logs.append(log)
+        # No persistence: the lab's Redis keeps no data (PROTOCOL.md §5).
+        self.redis = subprocess.Popen(
+            [
+                *self.pin,
+                *("redis-server", "--bind", "127.0.0.1", "--port", str(self.redis_port)),
+                *("--save", "", "--appendonly", "no", "--protected-mode", "yes"),
+            ],
+            stdout=log,
+            stderr=log,
+        )
+        self._wait(self.redis_port, self.redis, "redis-server", log.name)
+
+    def start_node(self, k: int) -> subprocess.Popen:
+        """Node k (0-based) on its port (again, after a kill: bench/faults.py), listening."""
+        port = self.ports[k]
+        e = dict(self.base, WS_PORT=str(port), WS_NODE_ID=f"{self.server}-{k + 1}")
+        log = open(self.work / f"{self.server}-{k + 1}.log", "ab")  # noqa: SIM115 (closed in stop)
+        self.logs.append(log)
+        p = subprocess.Popen([*self.pin, *self.cmd], env=e, stdout=log, stderr=log)
+        if k < len(self.procs):
+            self.procs[k] = p
+        self._wait(port, p, self.server, log.name)
+        return p
 
     @staticmethod
     def _wait(port: int, p: subprocess.Popen, what: str, log: str) -> None:

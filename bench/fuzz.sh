@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 15 §4: coverage-guided fuzzing of both servers' message parsing and validation, with a
+# Coverage-guided fuzzing of both servers' message parsing and validation, with a
 # differential between the twins. Not part of ./scripts/test or CI: it runs for minutes and its
 # result is a report, bench/results/fuzz-<UTC date>.md (see bench/README.md, "Fuzzing").
 #

@@ -946,6 +946,93 @@ def plot_multicore(c: Sweeps) -> list[str]:
     return md
 
 
+def plot_hundredk(c: Sweeps) -> list[str]:
+    """8. 100,000 connections: one room over every node, held idle, then broadcasts; the time
+    until the last member had each, reach, memory per connection, CPU of the whole and Redis's."""
+    rows = [r for r in c.rows if r["sweep"] == "hundredk"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for r in rows:
+        f = r.get("fanout") or {}
+        lasts = [(b.get("last_us") or 0) / 1000 for b in f.get("broadcasts", [])]
+        ax1.plot(
+            range(1, len(lasts) + 1),
+            lasts,
+            "o-",
+            color=COLORS.get(r["target"]),
+            label=f"{r['target']} ({r['conns_opened']:,} members)",
+        )
+    ax1.set_xlabel("broadcast")
+    ax1.set_ylabel("until the last member had it (ms)")
+    ax1.set_ylim(bottom=0)
+    ax1.legend(fontsize=8)
+    names = [r["target"] for r in rows]
+    per_conn = [((r.get("hold") or {}).get("bytes_per_conn") or 0) / 1024 for r in rows]
+    ax2.bar(range(len(rows)), per_conn, color=[COLORS.get(t, "gray") for t in names])
+    ax2.set_xticks(range(len(rows)), names)
+    ax2.set_ylabel("server RSS per connection, all nodes (KiB)")
+    finish(fig, [ax1, ax2], c.img("hundredk"), "One room over every node", c.saturated("hundredk"))
+
+    def cpu(r: dict, window: str, part: str) -> str:
+        v = ((r.get("fanout") or {}).get(window) or {}).get(part)
+        return "-" if v is None else f"{v:.1f}%"
+
+    def last(r: dict, q: str) -> str:
+        v = (r.get("fanout") or {}).get(q)
+        return ms(None if v is None else v / 1000)
+
+    cols = [
+        ("server", lambda r: r["target"]),
+        ("nodes", lambda r: str(len(r["nodes"]))),
+        ("members open / asked", lambda r: f"{r['conns_opened']:,} / {r['connections']:,}"),
+        ("failed handshakes", lambda r: f"{failures(r)} of {r['connect_attempts']:,}"),
+        ("spread", spread),
+        ("reach", reach_text),
+        ("order", order_text),
+        (
+            "last member p50 / p99 / max",
+            lambda r: " / ".join(last(r, q) for q in ("last_p50_us", "last_p99_us", "last_max_us")),
+        ),
+        ("per conn (all nodes)", lambda r: kib((r.get("hold") or {}).get("bytes_per_conn"))),
+        ("nodes RSS at N", lambda r: mib((r.get("hold") or {}).get("rss_at_n"))),
+        (
+            "idle CPU: nodes / clients / Redis / whole",
+            lambda r: " / ".join(
+                cpu(r, "idle", k)
+                for k in ("nodes_total_pct", "clients_pct", "broker_pct", "total_pct")
+            ),
+        ),
+        ("broadcasting: Redis CPU", lambda r: cpu(r, "busy", "broker_pct")),
+        ("Redis RSS", lambda r: mib((r.get("fanout") or {}).get("broker_rss_at_n"))),
+        ("stopped by", lambda r: r.get("stopped_by", "")),
+    ]
+    md = ["### 8. 100,000 connections on this machine\n", f"![hundredk]({c.figs['hundredk']})\n"]
+    md.append(
+        f"`ws-bench fanout`: every member in ONE room, member g on node g mod nodes, held by "
+        f"helper processes over several loopback source addresses (no process may hold more than "
+        f"{c.meta.get('fd_cap', '?'):,} descriptors on this machine); held idle with keepalive "
+        f"every {c.meta.get('ping_secs_hundredk', '?')} s (idle CPU of the whole: every node, "
+        "every ws-bench process, Redis), then broadcasts from one more connection on node 1, a "
+        "few seconds apart: the time until the LAST member had each (p50/p99/max over the "
+        "broadcasts), reach exact over every member. Per conn = the nodes' RSS with every "
+        "member held, less before any, over the members.\n"
+    )
+    md.append(table(rows, cols) + "\n")
+    bad = [
+        r
+        for r in rows
+        if (r.get("broadcast") or {}).get("reach_received")
+        != (r.get("broadcast") or {}).get("reach_expected")
+        or failures(r)
+    ]
+    if bad:
+        md.append(
+            f"**⚠ {len(bad)} of {len(rows)} runs missed a member or a handshake**: "
+            + "; ".join(f"{r['target']}: {(r.get('notes') or [''])[0]}" for r in bad)
+            + "\n"
+        )
+    return md
+
+
 # Each sweep's plot and report section, in the report's order; a sweep with no rows is left out.
 SWEEPS: dict[str, Callable[[Sweeps], list[str]]] = {
     "conns": plot_conns,
@@ -957,6 +1044,7 @@ SWEEPS: dict[str, Callable[[Sweeps], list[str]]] = {
     "capacity": plot_capacity,
     "nodes": plot_nodes,
     "multicore": plot_multicore,
+    "hundredk": plot_hundredk,
 }
 
 

@@ -8,6 +8,7 @@
 #                                     # bench/results/quick/ (gitignored): proves it works,
 #                                     # measures nothing
 #   SWEEPS="" bench/run.sh            # the matrix only (~5 min)
+#   SWEEPS="hundredk" bench/run.sh    # opt-in: 100,000 connections in one room (~5 min, quiet machine)
 #   SWEEPS="nodes multicore" bench/run.sh   # the matrix, then only the cluster sweeps (~35 min):
 #                                     # nodes on one Redis (Debian's redis-server) and the fair
 #                                     # multi-core row
@@ -67,7 +68,7 @@ if [[ "$QUICK" == 1 ]]; then
   RUST_ALLOC_VARIANT=${RUST_ALLOC_VARIANT-}
   OUT=${OUT:-$ROOT/bench/results/quick/$(date -u +%Y-%m-%d).md}
 fi
-# Issue 13's sweeps, by name (bench/sweep.py); empty = the matrix only.
+# The sweeps, by name (bench/sweep.py); empty = the matrix only.
 SWEEPS=${SWEEPS-conns paths fanout msgsize knee-echo knee-broadcast capacity nodes multicore}
 SLO_ECHO_MS=${SLO_ECHO_MS:-50}
 SLO_BROADCAST_MS=${SLO_BROADCAST_MS:-250}
@@ -145,9 +146,9 @@ if [[ -n "$SWEEPS" ]]; then
     exit 1
   }
 fi
-if [[ " $SWEEPS " == *" nodes "* || " $SWEEPS " == *" multicore "* ]]; then
+if [[ " $SWEEPS " == *" nodes "* || " $SWEEPS " == *" multicore "* || " $SWEEPS " == *" hundredk "* ]]; then
   command -v redis-server >/dev/null || {
-    echo "run.sh: the nodes and multicore sweeps need redis-server: apt-get install redis-server" >&2
+    echo "run.sh: the nodes, multicore and hundredk sweeps need redis-server: apt-get install redis-server" >&2
     exit 1
   }
 fi

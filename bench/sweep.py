@@ -1,4 +1,4 @@
-"""Issue 13's sweeps: how cost grows as load grows, for rust-ws and python-ws, measured by ws-bench.
+"""The sweeps: how cost grows as load grows, for rust-ws and python-ws, measured by ws-bench.
 
 `bench/run.sh` calls this after its fixed matrix; `bench/plot.py` turns what it writes into
 pictures and the report's sweep section. It runs each sweep for each server, one server after
@@ -26,6 +26,12 @@ The sweeps (`--quick` shrinks sizes and durations so the whole pipeline runs in 
    processes on Redis, rust-ws as 1 process with 2 workers and no broker, rust-ws as 2 nodes on
    Redis; echo, broadcast and sessions, with the memory of each setup (RSS of every process,
    Redis's included).
+8. `hundredk` (opt-in: not in run.sh's default list): 100,000 connections held by rust-ws nodes on
+   one Redis (each node under the open-files cap, so `--hk-nodes` 7), all members of ONE room,
+   from `--hk-procs` ws-bench helper processes over several loopback source addresses
+   (`ws-bench fanout`); idle CPU of the whole with keepalive on, then broadcasts: time until the
+   last member has each, reach, memory per connection over all nodes, Redis's CPU and RSS.
+   python-ws as far as the machine allows: one process per core, each under the cap.
 
 Servers are started here (pinned with taskset like run.sh's matrix) so each sweep can give them
 the settings it needs, e.g. a short keepalive interval for the idle-CPU figure.
@@ -62,6 +68,8 @@ class Step:
     # A fresh server for this step (hold tiers: memory per connection from a clean baseline).
     fresh: bool = False
     server_env: dict[str, str] = field(default_factory=dict)
+    # What limits the step's size, for the report (hundredk: where the fd cap stopped it).
+    note: str = ""
 
 
 def fd_cap() -> int:
@@ -349,6 +357,10 @@ def cluster_steps(a: argparse.Namespace, sweep: str) -> list[tuple[Setup, Step]]
                                 ),
                             )
                         )
+    elif sweep == "hundredk":
+        for server in a.servers.split():
+            setup, step = hundredk_step(a, server)
+            out.append((setup, step))
     elif sweep == "multicore":
         ec, bc, sw = (20, 100, 5) if q else (1000, 1000, 50)
         for setup in multicore_setups(a):
@@ -359,6 +371,56 @@ def cluster_steps(a: argparse.Namespace, sweep: str) -> list[tuple[Setup, Step]]
             ):
                 out.append((setup, Step("multicore", 2, args, d + 5, f"multicore-{label}")))
     return out
+
+
+def hundredk_plan(a: argparse.Namespace, server: str) -> tuple[int, int, str]:
+    """(nodes, members, why it stops there) of the hundredk sweep for one server. Each node may
+    hold at most the open-files cap less some headroom (listener, Redis, logs, /metrics)."""
+    per_node = fd_cap() - 500
+    cores = os.cpu_count() or 1
+    if a.quick:
+        return 2, 400, "quick: a toy size"
+    if server == "rust-ws":
+        nodes = a.hk_nodes
+        members = min(a.hk_members, nodes * per_node)
+        why = f"{nodes} nodes x at most {per_node:,} connections each (open-files cap {fd_cap():,})"
+        return nodes, members, why
+    # python-ws runs one event loop per process, so more processes than cores only share them;
+    # each process is under the same cap.
+    nodes = a.hk_py_nodes or cores
+    members = min(a.hk_members, nodes * per_node)
+    why = (
+        f"{nodes} processes (one per core: python-ws is one event loop each) x at most "
+        f"{per_node:,} connections (open-files cap {fd_cap():,} per process)"
+    )
+    return nodes, members, why
+
+
+def hundredk_step(a: argparse.Namespace, server: str) -> tuple[Setup, Step]:
+    """The one fanout run of the hundredk sweep for `server`: its cluster (every node on every
+    CPU, keepalive every --ping-secs), and ws-bench's helpers and source addresses."""
+    nodes, members, why = hundredk_plan(a, server)
+    q = a.quick
+    # Each helper under the cap too, and each source address under its ~28,000 ports per node.
+    procs = max(2, math.ceil(members / 15000))
+    srcs = max(2, math.ceil(members / 20000) + 1)
+    k, interval, hold = (3, 0.5, 2.0) if q else (a.hk_broadcasts, a.hk_interval, a.hold_secs)
+    n = os.cpu_count() or 1
+    setup = Setup(
+        server,
+        nodes,
+        True,
+        f"{server}: {nodes} nodes, Redis",
+        f"0-{n - 1}" if n > 1 else "0",
+        {"WS_PING_INTERVAL_SECS": str(a.ping_secs)},
+    )
+    args = [
+        *("--source-addrs", str(srcs), "fanout", "-n", str(members), "--procs", str(procs)),
+        *("--broadcasts", str(k), "--interval-secs", str(interval)),
+        *("--hold-secs", str(hold), "--drain-secs", str(2 if q else 5)),
+    ]
+    est = members / 2500 + hold + k * interval + 15
+    return setup, Step("hundredk", members, args, est, f"hundredk-{server}", note=why)
 
 
 def run_clusters(a: argparse.Namespace, sweep: str, f, progress) -> None:
@@ -406,6 +468,8 @@ def run_clusters(a: argparse.Namespace, sweep: str, f, progress) -> None:
                 "--json",
                 *s.args,
             ]
+            if sweep == "hundredk" and cluster.redis is not None:
+                cmd += ["--broker-pid", str(cluster.redis.pid)]
             r0 = cluster.redis_reading()
             r = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
             r1 = cluster.redis_reading()
@@ -425,6 +489,8 @@ def run_clusters(a: argparse.Namespace, sweep: str, f, progress) -> None:
                 cpus=setup.cpus if a.pin else "all",
                 client_cpus=" ".join(client_cpu(a, setup.cpus)[2:]) or "unpinned",
             )
+            if sweep == "hundredk":
+                rep.update(stopped_by=s.note, fd_cap=fd_cap())
             if r0 and r1:
                 rep.update(redis_cpu_s=r1[0] - r0[0], redis_rss=max(r0[1], r1[1]))
             f.write(json.dumps(rep) + "\n")
@@ -633,6 +699,22 @@ def main() -> None:
         default="0,1",
         help="the CPUs every setup of the multicore row gets (taskset list)",
     )
+    p.add_argument(
+        "--hk-members", type=int, default=100_000, help="hundredk: members of the one room"
+    )
+    p.add_argument(
+        "--hk-nodes", type=int, default=7, help="hundredk: rust-ws nodes (each under the fd cap)"
+    )
+    p.add_argument(
+        "--hk-py-nodes",
+        type=int,
+        default=0,
+        help="hundredk: python-ws processes (0 = one per core)",
+    )
+    p.add_argument("--hk-broadcasts", type=int, default=10, help="hundredk: broadcasts to time")
+    p.add_argument(
+        "--hk-interval", type=float, default=3.0, help="hundredk: seconds between broadcasts"
+    )
     a = p.parse_args()
     a.node_rates = [float(x) for x in a.node_rates.split(",") if x.strip()]
     if a.max_nodes is None:
@@ -651,7 +733,7 @@ def main() -> None:
     jsonl = out / "sweeps.jsonl"
     steps = plan(a)
     servers = a.servers.split()
-    clusters = {w: cluster_steps(a, w) for w in ("nodes", "multicore") if w in a.sweeps}
+    clusters = {w: cluster_steps(a, w) for w in ("nodes", "multicore", "hundredk") if w in a.sweeps}
     total = len(steps) * len(servers) + sum(len(v) for v in clusters.values())
     est_total = sum(s.est for s in steps) * len(servers)
     est_total += sum(s.est + 2 for v in clusters.values() for _, s in v)
@@ -671,6 +753,7 @@ def main() -> None:
                 "servers": servers,
                 "cores": os.cpu_count(),
                 "max_nodes": a.max_nodes,
+                "ping_secs_hundredk": a.ping_secs,
                 "node_cpus": server_cpus(a) if a.pin else "all",
                 "node_client_cpus": " ".join(client_cpu(a, server_cpus(a))[2:]) or "unpinned",
                 "multicore_cpus": a.multicore_cpus if a.pin else "all",

@@ -82,8 +82,9 @@ def _port_free(port: int) -> bool:
         return True
 
 
-def _host_ports(env: dict[str, str]) -> dict[str, int]:
-    """Pick the host port of each smoke service.
+def _host_ports(env: dict[str, str], names=SERVICES) -> dict[str, int]:
+    """Pick the host port of every port the named services publish: {"service:container_port":
+    host port}, and {"service": host port} for each service's first one.
 
     Where compose.yaml reads a host port from a variable (`${VAR:-8000}:8000`), the variable is set
     to a free port, so the test runs beside anything already on the defaults. A literal port is
@@ -91,20 +92,21 @@ def _host_ports(env: dict[str, str]) -> dict[str, int]:
     """
     services = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]
     ports: dict[str, int] = {}
-    for name in SERVICES:
-        spec = str(services[name]["ports"][0])
-        match = HOST_PORT_VAR.search(spec)
-        if match:
-            env[match.group(1)] = str(_free_port())
-            ports[name] = int(env[match.group(1)])
-        else:
-            host_port = int(spec.rsplit(":", 2)[-2])
-            if not _port_free(host_port):
-                pytest.fail(
-                    f"{name}: compose.yaml publishes fixed host port {host_port}, which is "
-                    "busy; stop what listens there (or make the port a ${VAR:-default})"
-                )
-            ports[name] = host_port
+    for name in names:
+        for spec in map(str, services[name].get("ports", [])):
+            match = HOST_PORT_VAR.search(spec)
+            if match:
+                env[match.group(1)] = str(_free_port())
+                host_port = int(env[match.group(1)])
+            else:
+                host_port = int(spec.rsplit(":", 2)[-2])
+                if not _port_free(host_port):
+                    pytest.fail(
+                        f"{name}: compose.yaml publishes fixed host port {host_port}, which is "
+                        "busy; stop what listens there (or make the port a ${VAR:-default})"
+                    )
+            ports.setdefault(name, host_port)
+            ports[f"{name}:{spec.rsplit(':', 1)[-1]}"] = host_port
     return ports
 
 
@@ -128,10 +130,13 @@ def _engine_nofile_limit() -> int | None:
 
 
 class Stack:
-    """One compose project, named uniquely, with its own commands and timings."""
+    """One compose project, named uniquely, with its own commands and timings: `services` are the
+    ones it starts and waits for, `profiles` the compose profiles every command enables."""
 
-    def __init__(self, say):
+    def __init__(self, say, services=SERVICES, profiles=()):
         self.say = say
+        self.services = tuple(services)
+        self.profiles = tuple(profiles)
         self.compose = _compose_command()
         self.project = f"wslab-smoke-{os.getpid()}-{int(time.time())}"
         self.testid = f"smoke-{self.project}"
@@ -152,8 +157,8 @@ class Stack:
         cmd = [*self.compose, "-p", self.project]
         for file in self.files:
             cmd += ["-f", str(file)]
-        if profiles:
-            cmd += ["--profile", "load"]
+        for profile in (*self.profiles, *(["load"] if profiles else [])):
+            cmd += ["--profile", profile]
         proc = subprocess.run(
             [*cmd, *args],
             cwd=ROOT,
@@ -176,18 +181,29 @@ class Stack:
             self.timings[label] = time.monotonic() - start
             self.say(f"compose smoke: {label}: {self.timings[label]:.1f} s")
 
-    def container(self, service: str) -> str:
+    def containers(self, service: str) -> list[str]:
         ids = self.run(["ps", "-q", service], timeout=60).stdout.split()
         assert ids, f"{service}: no container"
-        return ids[0]
+        return ids
+
+    def container(self, service: str) -> str:
+        return self.containers(service)[0]
 
     def wait_healthy(self) -> None:
+        """Every container of every service running, and healthy where it has a healthcheck."""
         deadline = time.monotonic() + HEALTH_TIMEOUT
-        ids = {service: self.container(service) for service in SERVICES}
+        compose = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]
+        ids = {
+            f"{service}/{cid[:12]}": (cid, "healthcheck" in compose[service])
+            for service in self.services
+            for cid in self.containers(service)
+        }
+        want = {name: "running/healthy" if checked else "running/" for name, (_, checked) in
+                ids.items()}  # fmt: skip
         status: dict[str, str] = {}
         while time.monotonic() < deadline:
-            for service, cid in ids.items():
-                status[service] = subprocess.run(
+            for name, (cid, _) in ids.items():
+                status[name] = subprocess.run(
                     [
                         "docker",
                         "inspect",
@@ -200,7 +216,7 @@ class Stack:
                     timeout=30,
                     check=False,
                 ).stdout.strip()
-            if all(s == "running/healthy" for s in status.values()):
+            if status == want:
                 return
             if any(s.startswith(("exited", "dead")) for s in status.values()):
                 break
@@ -212,7 +228,7 @@ class Stack:
     def logs(self) -> str:
         try:
             proc = self.run(
-                ["logs", "--no-color", "--tail", "40", *SERVICES], timeout=60, check=False
+                ["logs", "--no-color", "--tail", "40", *self.services], timeout=60, check=False
             )
             return (proc.stdout or "") + (proc.stderr or "")
         except subprocess.TimeoutExpired:

@@ -15,7 +15,9 @@ product's rules. The targets become:
   server, and the nodes on Redis that compose's scaled profile runs beside it in the same job;
 - `haproxy` -> the balancers' exporters, `redis` -> Debian's prometheus-redis-exporter;
 - `cadvisor` -> a closed port on 127.0.0.1 (cAdvisor can't run here; the job stays configured
-  and reports up == 0, and no scrape leaves the loopback interface).
+  and reports up == 0, and no scrape leaves the loopback interface);
+- `haproxy`, `redis` -> closed ports on 127.0.0.1 too, until a test runs HAProxy and the Redis
+  exporter natively (`CLOSED_PORT_JOBS`).
 
 Any other job in prometheus.yml makes the generator fail, so a new job can't slip past the test.
 

@@ -60,7 +60,14 @@ def dashboard() -> dict:
 def run(cmd: list[str], env: dict[str, str] | None = None, cwd: Path = REPO):
     full_env = dict(os.environ)
     # Don't let the caller's shell decide what the defaults look like.
-    for var in ("WS_CPUS", "WS_MEMORY", "WSLAB_BIND", "COMPOSE_PROJECT_NAME", "COMPOSE_FILE"):
+    for var in (
+        "WS_CPUS",
+        "WS_MEMORY",
+        "WS_REPLICAS",
+        "WSLAB_BIND",
+        "COMPOSE_PROJECT_NAME",
+        "COMPOSE_FILE",
+    ):
         full_env.pop(var, None)
     full_env.update(env or {})
     return subprocess.run(
@@ -82,6 +89,7 @@ def test_docker_compose_v1_config_accepts_the_file():
     for cmd in (
         [DOCKER_COMPOSE, "config", "-q"],
         [DOCKER_COMPOSE, "--profile", "load", "config", "-q"],
+        [DOCKER_COMPOSE, "--profile", "scaled", "config", "-q"],
     ):
         result = run(cmd)
         assert result.returncode == 0, f"{' '.join(cmd)}: {result.stderr}"
@@ -100,6 +108,14 @@ def test_project_name_comes_from_env_file_not_a_name_key(compose):
     assert "COMPOSE_PROJECT_NAME" in text and ".env" in text, "compose.yaml must say why"
 
 
+# The scaled profile's replicas and balancers of each server kind.
+SCALED_NODES = {"rust-ws": "rust-ws-node", "python-ws": "python-ws-node"}
+SCALED_LBS = {"rust-ws": "rust-ws-lb", "python-ws": "python-ws-lb"}
+# One Redis per kind (one Redis serves one cluster, PROTOCOL.md section 5), each with its exporter.
+SCALED_REDIS = {"rust-ws": "rust-ws-redis", "python-ws": "python-ws-redis"}
+SCALED_EXPORTERS = {"rust-ws": "rust-ws-redis-exporter", "python-ws": "python-ws-redis-exporter"}
+
+
 def test_services_are_the_lab(compose):
     assert set(compose["services"]) == {
         "rust-ws",
@@ -108,6 +124,22 @@ def test_services_are_the_lab(compose):
         "cadvisor",
         "grafana",
         "k6",
+        # The scaled profile (README, "Scaled lab").
+        "rust-ws-redis",
+        "python-ws-redis",
+        "rust-ws-redis-exporter",
+        "python-ws-redis-exporter",
+        "rust-ws-node",
+        "python-ws-node",
+        "rust-ws-lb",
+        "python-ws-lb",
+    }
+    scaled = {n for n, svc in compose["services"].items() if "scaled" in svc.get("profiles", [])}
+    assert scaled == {
+        *SCALED_REDIS.values(),
+        *SCALED_EXPORTERS.values(),
+        *SCALED_NODES.values(),
+        *SCALED_LBS.values(),
     }
 
 
@@ -124,6 +156,12 @@ PINNED = {
     "cadvisor": r"ghcr\.io/google/cadvisor:v0\.5\d\.\d+",
     "grafana": r"grafana/grafana:13\.\d+\.\d+",
     "k6": r"grafana/k6:1\.1\.0",
+    "rust-ws-redis": r"redis:\d+\.\d+\.\d+-alpine",
+    "python-ws-redis": r"redis:\d+\.\d+\.\d+-alpine",
+    "rust-ws-redis-exporter": r"oliver006/redis_exporter:v1\.\d+\.\d+",
+    "python-ws-redis-exporter": r"oliver006/redis_exporter:v1\.\d+\.\d+",
+    "rust-ws-lb": r"haproxy:\d+\.\d+\.\d+-alpine",
+    "python-ws-lb": r"haproxy:\d+\.\d+\.\d+-alpine",
 }
 
 
@@ -158,9 +196,11 @@ def test_healthchecks(compose):
     assert prom[:2] == ["CMD", "wget"] and prom[-1].endswith(":9090/-/healthy")
     assert svcs["cadvisor"]["healthcheck"]["test"][-1].endswith(":8080/healthz")
     assert svcs["grafana"]["healthcheck"]["test"][-1].endswith(":3000/api/health")
-    # k6 is a one-shot job, not a service to wait on; everything else has a healthcheck.
+    # k6 is a one-shot job, not a service to wait on; the Redis exporter's official image is FROM
+    # scratch, with nothing to run a check with (`up{job="redis"}` is its check); everything else
+    # has a healthcheck.
     for name, svc in svcs.items():
-        if name != "k6":
+        if name != "k6" and name not in SCALED_EXPORTERS.values():
             assert "healthcheck" in svc, name
 
 
@@ -222,6 +262,137 @@ def test_servers_listen_on_their_protocol_ports(compose):
     assert compose["services"]["python-ws"]["environment"]["WS_PORT"] == "8001"
     for name in SERVER_JOBS:
         assert compose["services"][name]["environment"]["WS_HOST"] == "0.0.0.0"
+
+
+# ---------------------------------------------------------------- compose.yaml, --profile scaled
+
+
+HAPROXY_CFG = REPO / "haproxy" / "haproxy.cfg"
+
+
+def test_scaled_replicas_are_the_single_servers_on_the_broker(compose):
+    """Same image, build, limits, ulimits, restart policy and healthcheck as the single server
+    (the anchors state them once), the single server's environment plus WS_BROKER_URL, no host
+    port, and WS_REPLICAS replicas (3 by default) as both Compose versions read it."""
+    svcs = compose["services"]
+    for kind, node in SCALED_NODES.items():
+        single, replica = svcs[kind], svcs[node]
+        for key in ("build", "image", "cpus", "mem_limit", "ulimits", "restart", "healthcheck"):
+            assert replica[key] == single[key], (node, key)
+        # Its own kind's Redis: two kinds on one Redis would be one cluster, sharing rooms.
+        broker = f"redis://{SCALED_REDIS[kind]}:6379/0"
+        assert replica["environment"] == {**single["environment"], "WS_BROKER_URL": broker}
+        assert "ports" not in replica and "container_name" not in replica, node
+        assert replica["deploy"] == {"replicas": "${WS_REPLICAS:-3}"}
+    for env, n in (({}, 3), ({"WS_REPLICAS": "2"}, 2)):
+        resolved = compose_config(env, profile="scaled")["services"]
+        for node in SCALED_NODES.values():
+            assert resolved[node]["deploy"]["replicas"] == n, (node, env)
+        for lb in SCALED_LBS.values():
+            assert resolved[lb]["environment"]["WS_REPLICAS"] == str(n), (lb, env)
+
+
+def test_scaled_redis_and_exporter_per_kind(compose):
+    svcs = compose["services"]
+    first = svcs[SCALED_REDIS["rust-ws"]]
+    for kind, name in SCALED_REDIS.items():
+        redis = svcs[name]
+        assert redis == first, "both kinds' Redis alike (one anchor)"
+        assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+        assert "ports" not in redis, "no host port unless asked for"
+        # Nothing on disk (PROTOCOL.md section 5: a restarted lab Redis starts sequences at 1),
+        # and reachable from the other containers.
+        cmd = redis["command"]
+        assert cmd[0] == "redis-server"
+        assert cmd[cmd.index("--save") + 1] == "" and cmd[cmd.index("--appendonly") + 1] == "no"
+        assert cmd[cmd.index("--protected-mode") + 1] == "no"
+        exporter = svcs[SCALED_EXPORTERS[kind]]
+        assert exporter["environment"] == {"REDIS_ADDR": f"redis://{name}:6379"}
+        assert exporter["depends_on"] == {name: {"condition": "service_healthy"}}
+
+
+def test_scaled_balancers_front_their_replicas(compose):
+    svcs = compose["services"]
+    for kind, lb in SCALED_LBS.items():
+        svc = svcs[lb]
+        port = svcs[kind]["environment"]["WS_PORT"]
+        assert svc["environment"] == {
+            "WS_KIND": kind,
+            "WS_NODES": SCALED_NODES[kind],
+            "WS_PORT": port,
+            "WS_REPLICAS": "${WS_REPLICAS:-3}",
+        }
+        assert "./haproxy:/usr/local/etc/haproxy:ro" in svc["volumes"]
+        assert svc["ulimits"] == svcs[kind]["ulimits"], "as many sockets as the servers"
+        # The WebSocket port (same number inside as the server's) and the metrics port.
+        inside = sorted(p.rsplit(":", 1)[1] for p in svc["ports"])
+        assert inside == sorted([port, "8404"]), svc["ports"]
+        for p in svc["ports"]:
+            assert re.fullmatch(r"\$\{WSLAB_BIND:-127\.0\.0\.1\}:\$\{\w+:-\d+\}:\d+", p), p
+        assert svc["healthcheck"]["test"][-1] == "http://127.0.0.1:8404/healthz"
+    resolved = compose_config(profile="scaled")["services"]
+    host_ports = [p.split(":")[1] for s in resolved.values() for p in s.get("ports", [])]
+    assert len(host_ports) == len(set(host_ports)), f"a host port is used twice: {host_ports}"
+
+
+def test_haproxy_config_balances_websockets_on_readiness():
+    cfg = HAPROXY_CFG.read_text()
+    lines = [line.split("#")[0].strip() for line in cfg.splitlines()]
+    for directive in (
+        "balance leastconn",
+        "timeout tunnel 1h",
+        "timeout client-fin 30s",
+        'http-check send meth GET uri /readyz ver HTTP/1.1 hdr Host "${WS_KIND}"',
+        "http-check expect status 200",
+        'server-template node "${WS_REPLICAS}" "${WS_NODES}:${WS_PORT}"',
+        "nameserver docker 127.0.0.11:53",
+        "http-request use-service prometheus-exporter if { path /metrics }",
+        'bind "*:8404"',
+    ):
+        assert directive in lines, directive
+    default_server = next(line for line in lines if line.startswith("default-server "))
+    for word in ("check", "resolvers docker", "init-addr none"):
+        assert word in default_server, word
+
+
+@pytest.mark.parametrize("lb", sorted(SCALED_LBS.values()))
+def test_haproxy_accepts_the_config_with_each_balancers_environment(compose, lb):
+    """`haproxy -c` with the environment compose gives that balancer (Debian's HAProxy 2.6, the
+    stand-in's; the config uses nothing 3.2 dropped)."""
+    env = {k: str(v) for k, v in compose["services"][lb]["environment"].items()}
+    env["WS_REPLICAS"] = "3"
+    result = run(["haproxy", "-c", "-f", str(HAPROXY_CFG)], env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Configuration file is valid" in result.stdout + result.stderr
+
+
+def test_prometheus_finds_every_scaled_service_by_dns(compose):
+    """Each DNS name Prometheus looks up is a scaled service, on the port that service serves
+    metrics on; the server jobs keep their names, so job="rust-ws" holds every rust-ws replica."""
+    jobs = {sc["job_name"]: sc for sc in load_yaml(PROM_CONFIG)["scrape_configs"]}
+    looked_up = {}
+    for job, sc in jobs.items():
+        for sd in sc.get("dns_sd_configs", []):
+            assert sd["type"] == "A"
+            for name in sd["names"]:
+                looked_up[name] = (job, sd["port"])
+    svcs = compose["services"]
+    expected = {
+        **{node: (kind, int(svcs[kind]["environment"]["WS_PORT"])) for kind, node in
+           SCALED_NODES.items()},
+        **{lb: ("haproxy", 8404) for lb in SCALED_LBS.values()},
+        **{exporter: ("redis", 9121) for exporter in SCALED_EXPORTERS.values()},
+    }  # fmt: skip
+    assert looked_up == expected
+    for name in looked_up:
+        assert "scaled" in svcs[name]["profiles"], name
+    # Every discovered target says which service it was found as.
+    for job in {job for job, _ in looked_up.values()}:
+        assert {
+            "source_labels": ["__meta_dns_name"],
+            "regex": "(.+)",
+            "target_label": "service",
+        } in jobs[job]["relabel_configs"], job
 
 
 def test_prometheus_service(compose):
@@ -334,7 +505,7 @@ def test_promtool_rule_unit_tests():
 def test_scrape_jobs_and_interval():
     config = load_yaml(PROM_CONFIG)
     jobs = {sc["job_name"]: sc for sc in config["scrape_configs"]}
-    assert set(jobs) == {"prometheus", "rust-ws", "python-ws", "cadvisor"}
+    assert set(jobs) == {"prometheus", "rust-ws", "python-ws", "cadvisor", "haproxy", "redis"}
     assert jobs["rust-ws"]["static_configs"][0]["targets"] == ["rust-ws:8000"]
     assert jobs["python-ws"]["static_configs"][0]["targets"] == ["python-ws:8001"]
     assert jobs["cadvisor"]["static_configs"][0]["targets"] == ["cadvisor:8080"]

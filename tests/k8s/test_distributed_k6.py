@@ -49,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dashboard"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "k6"))
 
 from dashlib import (
+    CLOSED_PORT_JOBS,
     SERVER_JOBS,
     dashboard_queries,
     finite_values,
@@ -234,7 +235,8 @@ def stack():
             "prometheus": f"127.0.0.1:{prom_port}",
             "rust-ws": f"127.0.0.1:{rust.port}",
             "python-ws": f"127.0.0.1:{python.port}",
-            "cadvisor": f"127.0.0.1:{free_port()}",  # nothing listens: stays on loopback
+            # nothing listens: those jobs stay configured and on loopback
+            **{job: f"127.0.0.1:{free_port()}" for job in CLOSED_PORT_JOBS},
         }
         with running_prometheus(prom_port, targets) as prom:
 

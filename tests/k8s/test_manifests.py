@@ -22,12 +22,13 @@ import copy
 import re
 import shlex
 import subprocess
+import time
 from pathlib import Path
 
 import kubernetes_validate
 import pytest
 import yaml
-from harness import running_server
+from harness import free_port, http_get, running_server
 from k8slib import (
     KUBERNETES_VERSION,
     LAB,
@@ -37,6 +38,7 @@ from k8slib import (
     container,
     objects,
     render,
+    running_redis,
 )
 
 COMPOSE = yaml.safe_load((REPO / "compose.yaml").read_text())
@@ -78,6 +80,7 @@ def test_trees_render_with_plain_kubectl_kustomize():
         "ConfigMap",
         "Deployment",
         "Namespace",
+        "PodDisruptionBudget",
         "Service",
         "ServiceAccount",
     ]
@@ -281,12 +284,30 @@ def test_prometheus_config_matches_compose_but_for_discovery():
     for key in ("global", "rule_files"):
         assert k8s_cfg[key] == compose_cfg[key], key
     jobs = {sc["job_name"]: sc for sc in k8s_cfg["scrape_configs"]}
-    assert set(jobs) == {"prometheus", "rust-ws", "python-ws", "kubelet-cadvisor"}
-    for job in SERVERS:
+    # Compose's jobs but for cAdvisor (the kubelet's here) and HAProxy (Services balance here).
+    compose_jobs = {sc["job_name"] for sc in compose_cfg["scrape_configs"]}
+    assert set(jobs) == compose_jobs - {"cadvisor", "haproxy"} | {"kubelet-cadvisor"}
+    services = objects(LAB, "Service")
+    for job, service_names, port_name in (
+        *((job, [job], "http") for job in SERVERS),
+        ("redis", [f"{job}-redis" for job in SERVERS], "metrics"),
+    ):
         sd = jobs[job]["kubernetes_sd_configs"]
         assert sd == [{"role": "endpointslice", "namespaces": {"own_namespace": True}}]
         keep = [r for r in jobs[job]["relabel_configs"] if r.get("action") == "keep"]
-        assert keep and keep[0]["regex"] == f"{job};http", "the job is the Service's name"
+        assert keep, job
+        # The keep rule matches exactly the Services of the job, on the port that serves metrics.
+        regex = re.compile(keep[0]["regex"])
+        for name, service in services.items():
+            for port in service["spec"]["ports"]:
+                match = bool(regex.fullmatch(f"{name};{port['name']}"))
+                assert match == (name in service_names and port["name"] == port_name), (
+                    job,
+                    name,
+                    port["name"],
+                )
+        assert all(port_name in [p["name"] for p in services[n]["spec"]["ports"]] for n in
+                   service_names), job  # fmt: skip
     # The kubelet's cAdvisor keeps exactly what compose's cAdvisor job keeps.
     compose_keep = next(
         r for sc in compose_cfg["scrape_configs"] if sc["job_name"] == "cadvisor"
@@ -357,8 +378,15 @@ def test_servers_images_ports_and_services():
         assert services[name]["spec"]["ports"] == [
             {"name": "http", "port": port, "targetPort": "http"}
         ]
-        env = {e["name"]: e["value"] for e in c["env"]}
-        assert env == {"WS_HOST": "0.0.0.0", "WS_PORT": str(port)}
+        env = {e["name"]: e.get("value", e.get("valueFrom")) for e in c["env"]}
+        assert env == {
+            "WS_HOST": "0.0.0.0",
+            "WS_PORT": str(port),
+            # Unique per pod (the default could repeat within a ReplicaSet, PROTOCOL.md section 1).
+            "WS_NODE_ID": {"fieldRef": {"fieldPath": "metadata.name"}},
+            # Its own kind's Redis: one Redis serves one cluster (PROTOCOL.md section 5).
+            "WS_BROKER_URL": f"redis://{name}-redis:6379/0",
+        }
 
 
 def test_servers_get_equal_guaranteed_resources():
@@ -376,8 +404,9 @@ def test_servers_probes_and_security():
     for name in SERVERS:
         pod = objects(LAB, "Deployment")[name]["spec"]["template"]["spec"]
         c = container(objects(LAB, "Deployment")[name])
-        for probe in ("readinessProbe", "livenessProbe"):
-            assert c[probe]["httpGet"] == {"path": "/healthz", "port": "http"}, (name, probe)
+        # Ready with the broker (PROTOCOL.md section 2), alive without it.
+        assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}, name
+        assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}, name
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["securityContext"]["runAsUser"] == 10001  # USER in both Dockerfiles
         sc = c["securityContext"]
@@ -386,6 +415,50 @@ def test_servers_probes_and_security():
         assert sc["capabilities"] == {"drop": ["ALL"]}
     for dockerfile in ("rust-ws/Dockerfile", "python-ws/Dockerfile"):
         assert "USER 10001:10001" in (REPO / dockerfile).read_text()
+
+
+def test_servers_run_three_replicas_spread_and_budgeted():
+    deployments = objects(LAB, "Deployment")
+    budgets = objects(LAB, "PodDisruptionBudget")
+    for name in SERVERS:
+        d = deployments[name]
+        assert d["spec"]["replicas"] == 3, name
+        labels = d["spec"]["selector"]["matchLabels"]
+        # Preferred anti-affinity on the node: spread where there are nodes, still scheduled on one.
+        anti = d["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+        assert set(anti) == {"preferredDuringSchedulingIgnoredDuringExecution"}, name
+        (term,) = anti["preferredDuringSchedulingIgnoredDuringExecution"]
+        assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+        assert term["podAffinityTerm"]["labelSelector"] == {"matchLabels": labels}
+        # One replica at a time may go for a drain; the selector is the Deployment's.
+        pdb = budgets[name]["spec"]
+        assert pdb == {"maxUnavailable": 1, "selector": {"matchLabels": labels}}, name
+
+
+@pytest.mark.parametrize("name", sorted(SERVERS))
+def test_each_kind_has_one_redis_behind_a_service_with_its_exporter(name):
+    deployments, services = objects(LAB, "Deployment"), objects(LAB, "Service")
+    d = deployments[f"{name}-redis"]
+    assert d["spec"]["replicas"] == 1 and d["spec"]["strategy"] == {"type": "Recreate"}
+    pod = d["spec"]["template"]["spec"]
+    containers = {c["name"]: c for c in pod["containers"]}
+    assert set(containers) == {"redis", "redis-exporter"}
+    # The images and arguments compose runs for the same kind.
+    assert containers["redis"]["image"] == SERVICES[f"{name}-redis"]["image"]
+    assert containers["redis"]["args"] == SERVICES[f"{name}-redis"]["command"]
+    assert containers["redis-exporter"]["image"] == SERVICES[f"{name}-redis-exporter"]["image"]
+    assert containers["redis"]["readinessProbe"]["exec"]["command"] == ["redis-cli", "ping"]
+    # The kind's broker URL names this Service and its port; the two kinds' brokers differ.
+    env = {e["name"]: e.get("value") for e in container(deployments[name])["env"]}
+    m = re.fullmatch(r"redis://([a-z0-9-]+):(\d+)/0", env["WS_BROKER_URL"])
+    assert m and m.group(1) == f"{name}-redis", env["WS_BROKER_URL"]
+    service = services[f"{name}-redis"]
+    ports = {p["name"]: p for p in service["spec"]["ports"]}
+    assert ports["redis"]["port"] == int(m.group(2)) == 6379
+    assert ports["metrics"]["port"] == 9121
+    assert service["spec"]["selector"] == d["spec"]["selector"]["matchLabels"]
+    # Only the two servers take the shared server resources patch.
+    assert "wslab.dev/role" not in d["metadata"]["labels"]
 
 
 def server_settings() -> dict[str, str]:
@@ -417,6 +490,18 @@ def test_server_settings_are_protocol_md_defaults_for_both():
 
 @pytest.mark.parametrize("name", sorted(SERVERS))
 def test_both_real_servers_start_with_the_settings(name):
+    """Every setting as rendered, the broker on a real Redis on loopback instead of the Service's
+    name (no cluster DNS here): the server starts, and is ready once it has its broker."""
     kind = SERVERS[name][0]
-    with running_server(kind, env=server_settings()) as server:
-        assert "ws_connections" in server.metrics_text()
+    env = {e["name"]: e.get("value") for e in container(objects(LAB, "Deployment")[name])["env"]}
+    assert env["WS_BROKER_URL"].startswith("redis://")
+    with running_redis(free_port()) as url:
+        settings = {**server_settings(), "WS_BROKER_URL": url}
+        with running_server(kind, env=settings) as server:
+            assert "ws_connections" in server.metrics_text()
+            # What the readiness probe asks: 200 once the node has its broker (PROTOCOL.md §5:
+            # within 3 s of Redis accepting connections).
+            deadline = time.monotonic() + 10
+            while (status := http_get(server.http_url + "/readyz")[0]) != 200:
+                assert time.monotonic() < deadline, f"/readyz still {status} after 10 s"
+                time.sleep(0.1)

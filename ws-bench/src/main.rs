@@ -14,6 +14,8 @@
 //! cargo run --release -p ws-bench -- echo -c 100 -d 10 --rate 20000 --msg-bytes 1024  # open loop
 //! cargo run --release -p ws-bench -- --source-addrs 4 hold -n 100000 --procs 6 --exchange error --end reset
 //! cargo run --release -p ws-bench -- sessions -c 50 -d 10
+//! cargo run --release -p ws-bench -- --url ws://127.0.0.1:8001/ws,ws://127.0.0.1:8002/ws --source-addrs 6 \
+//!     fanout -n 100000 --procs 8 --broadcasts 10      # one room over every node: last arrival
 //! cargo run --release -p ws-bench -- --url ws://127.0.0.1:8001/ws,ws://127.0.0.1:8002/ws \
 //!     broadcast -c 1000 --rooms 10 -d 10 --require-reach      # several nodes: reach and order
 //! cargo run --release -p ws-bench -- compare rust.jsonl python.jsonl          # side by side + budgets
@@ -171,6 +173,12 @@ enum Mode {
     HoldAgent(modes::AgentArgs),
     /// Closed-loop echo request/response on C connections.
     Echo(modes::EchoArgs),
+    /// N members of one room over every node and P helper processes, held idle, then K
+    /// broadcasts: time until the last member has each, reach, memory and idle CPU of the whole.
+    Fanout(modes::FanoutArgs),
+    /// A fanout's helper process (started by `fanout`; not for direct use).
+    #[command(hide = true)]
+    FanoutAgent(modes::FanoutAgentArgs),
     /// C connections over R rooms, each sending broadcasts; deliveries/s and fan-out latency.
     Broadcast(modes::BroadcastArgs),
     /// Connect, broadcast, receive own message, close, as fast as possible on C workers.
@@ -226,6 +234,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Mode::Hold(m) => load(c, m),
         Mode::HoldAgent(m) => load(c, m),
         Mode::Echo(m) => load(c, m),
+        Mode::Fanout(m) => load(c, m),
+        Mode::FanoutAgent(m) => load(c, m),
         Mode::Broadcast(m) => load(c, m),
         Mode::Sessions(m) => load(c, m),
     }

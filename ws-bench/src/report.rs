@@ -352,6 +352,9 @@ pub struct Report {
     pub broadcast: Option<BroadcastStats>,
     #[serde(default)]
     pub echo: Option<EchoStats>,
+    /// fanout's own figures (per-broadcast last arrival, CPU of the whole idle and busy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fanout: Option<crate::modes::FanoutStats>,
     /// Every target (`--url`), in order: one for a single server.
     #[serde(default)]
     pub nodes: Vec<NodeStats>,

@@ -253,7 +253,7 @@ fn every_mode_against_real_rust_ws() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Issue 15 §3: memory comes back after a mass disconnect with more than one worker thread (a
+/// Memory comes back after a mass disconnect with more than one worker thread (a
 /// server that isn't pinned to one core, as in compose), where mimalloc's remote frees wait for
 /// the owning worker to collect (rust-ws/src/reclaim.rs). Without the collect on park this kept
 /// about 3x idle at this size (12x at 10,000 connections).

@@ -1,4 +1,5 @@
-//! The four load shapes, one module each (and `agent`, a hold's helper process), and the context every one of them is handed.
+//! The load shapes, one module each (and `agent`, a hold's helper process; `fanout` holds its
+//! own helpers), and the context every one of them is handed.
 //!
 //! Each mode owns its command line: a clap `Args` struct beside its code, which implements
 //! [`Load`] (its options checked and converted, and the run). `main` only dispatches: it builds a
@@ -14,6 +15,7 @@
 mod agent;
 mod broadcast;
 mod echo;
+mod fanout;
 mod hold;
 mod meter;
 mod reach;
@@ -39,6 +41,7 @@ use crate::{Common, Failure};
 pub use agent::AgentArgs;
 pub use broadcast::BroadcastArgs;
 pub use echo::EchoArgs;
+pub use fanout::{FanoutAgentArgs, FanoutArgs, FanoutStats};
 pub use hold::HoldArgs;
 pub use sessions::SessionArgs;
 pub use tally::{Open, Tally};
