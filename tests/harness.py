@@ -143,9 +143,12 @@ def wait_healthy(server: Server, timeout: float = 30.0) -> None:
 
 
 @contextlib.contextmanager
-def running_server(kind: str, env: dict[str, str] | None = None) -> Iterator[Server]:
-    """Start a server of `kind` with extra `env`, yield it once /healthz answers, then stop it."""
-    port = free_port()
+def running_server(
+    kind: str, env: dict[str, str] | None = None, port: int | None = None
+) -> Iterator[Server]:
+    """Start a server of `kind` with extra `env` on `port` (a free one by default), yield it once
+    /healthz answers, then stop it."""
+    port = port or free_port()
     full_env = dict(os.environ)
     full_env.update({"WS_HOST": "127.0.0.1", "WS_PORT": str(port), "LOG_LEVEL": "info"})
     full_env.update(env or {})

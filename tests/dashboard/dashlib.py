@@ -1,23 +1,31 @@
 """Shared helpers for the dashboard suite: the repo's compose/Prometheus/Grafana files, the
 dashboard's queries with Grafana's variables filled in, and a real Prometheus on 127.0.0.1.
 
-How the real-data proof points Prometheus at native servers (no second, hand-kept config):
-`generated_prometheus_config` loads prometheus/prometheus.yml, gives each scrape job one static
-target and nothing else changes, and writes the copy into a temporary directory: a job's static
-targets are replaced, and its DNS discovery (`dns_sd_configs`, the scaled profile's replicas,
-balancers and Redis exporter, found by Docker's DNS) becomes that static target, since no Docker
-DNS answers here; the job's relabelling stays. There, a
-symlink `rules -> <repo>/prometheus/rules` makes the unchanged `rule_files: [rules/*.yml]` load
-the product's recording rules. The targets become:
+How the real-data proof points Prometheus at native processes (no second, hand-kept config):
+`generated_prometheus_config` loads prometheus/prometheus.yml, gives each scrape job the targets
+the test started and changes nothing else: a job's static targets are replaced, and its DNS
+discovery (`dns_sd_configs`, the scaled profile's replicas, balancers and Redis exporter, found by
+Docker's DNS) becomes static targets too, since no Docker DNS answers here; the job's relabelling
+stays. It writes the copy into a temporary directory, where a symlink
+`rules -> <repo>/prometheus/rules` makes the unchanged `rule_files: [rules/*.yml]` load the
+product's rules. The targets become:
 
 - `prometheus` -> the test Prometheus itself;
-- `rust-ws`, `python-ws` -> the servers `tests/harness.py` started on 127.0.0.1;
+- `rust-ws`, `python-ws` -> the servers `tests/harness.py` started on 127.0.0.1: the single
+  server, and the nodes on Redis that compose's scaled profile runs beside it in the same job;
+- `haproxy` -> the balancers' exporters, `redis` -> Debian's prometheus-redis-exporter;
 - `cadvisor` -> a closed port on 127.0.0.1 (cAdvisor can't run here; the job stays configured
   and reports up == 0, and no scrape leaves the loopback interface);
 - `haproxy`, `redis` -> closed ports on 127.0.0.1 too, until a test runs HAProxy and the Redis
   exporter natively (`CLOSED_PORT_JOBS`).
 
 Any other job in prometheus.yml makes the generator fail, so a new job can't slip past the test.
+
+The scaled lab's other processes run natively too, each on free loopback ports: Debian's
+redis-server (tests/harness.py's `running_redis`), prometheus-redis-exporter and HAProxy
+(`running_redis_exporter`, `running_haproxy` here). HAProxy runs haproxy/haproxy.cfg itself,
+with only what needs Docker replaced (`haproxy_config`): static servers where compose fills slots
+from Docker's DNS, and loopback ports.
 """
 
 from __future__ import annotations
@@ -28,8 +36,12 @@ import json
 import math
 import os
 import re
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +61,9 @@ DATASOURCES = GRAFANA / "provisioning" / "datasources" / "prometheus.yml"
 DASH_PROVIDERS = GRAFANA / "provisioning" / "dashboards" / "wslab.yml"
 
 PROMTOOL = os.environ.get("PROMTOOL", "/usr/bin/promtool")
+REDIS_EXPORTER = os.environ.get("REDIS_EXPORTER", "/usr/bin/prometheus-redis-exporter")
+HAPROXY = os.environ.get("HAPROXY", "haproxy")
+HAPROXY_CFG = REPO / "haproxy" / "haproxy.cfg"
 DOCKER_COMPOSE = os.environ.get("DOCKER_COMPOSE", "/usr/bin/docker-compose")
 
 SERVER_JOBS = ("rust-ws", "python-ws")
@@ -149,15 +164,25 @@ def metric_names(expr: str) -> set[str]:
     return set(re.findall(r"\b([a-zA-Z_:][a-zA-Z0-9_:]*)\{", expr))
 
 
+# The scaled lab's other jobs: HAProxy's exporter (one balancer per server kind, named by its
+# `proxy` label) and Redis's exporter (one Redis for both kinds).
+BALANCER_JOB = "haproxy"
+REDIS_JOB = "redis"
+
+
 def expected_servers(q: Query) -> set[str]:
     """Which servers a panel query must show data for, from how it selects and groups.
 
     - `job="rust-ws"` (a per-server heatmap): that server;
     - `job=~"rust-ws|python-ws"`: both;
+    - the balancers' `proxy=~"rust-ws|python-ws"`: both;
     - k6 series grouped `by (server...)`: both (k6 tags server=rust|python);
-    - anything else: none named (test-wide k6 gauges such as k6_vus).
+    - anything else: none named (test-wide k6 gauges such as k6_vus, and Redis, which serves both).
     """
-    exact = set(re.findall(r'job="([^"]+)"', q.expr))
+    if f'job="{BALANCER_JOB}"' in q.expr:
+        m = re.search(r'proxy=~"([^"]+)"', q.expr)
+        return set(m.group(1).split("|")) if m else set()
+    exact = set(re.findall(r'job="([^"]+)"', q.expr)) - {REDIS_JOB}
     if exact:
         return exact
     m = re.search(r'job=~"([^"]+)"', q.expr)
@@ -169,9 +194,12 @@ def expected_servers(q: Query) -> set[str]:
 
 
 def series_server(metric: dict) -> str | None:
-    """The server a result series belongs to: its job, or its k6 server tag."""
+    """The server a result series belongs to: its job, its balancer's proxy, or its k6 server
+    tag."""
     if metric.get("job") in SERVER_JOBS:
         return metric["job"]
+    if metric.get("proxy") in SERVER_JOBS:
+        return metric["proxy"]
     for job, tag in K6_SERVER_TAG.items():
         if metric.get("server") == tag:
             return job
@@ -190,9 +218,9 @@ def finite_values(series: dict) -> list[float]:
 # ---------------------------------------------------------------- Prometheus
 
 
-def generated_prometheus_config(targets: dict[str, str]) -> dict:
-    """prometheus.yml with each job's one target targets[job_name]: static targets replaced,
-    DNS discovery turned into that static target."""
+def generated_prometheus_config(targets: dict[str, str | list[str]]) -> dict:
+    """prometheus.yml with each job's targets targets[job_name] (one, or a list): static targets
+    replaced, DNS discovery turned into those static targets."""
     config = load_yaml(PROM_CONFIG)
     jobs = [sc["job_name"] for sc in config["scrape_configs"]]
     assert sorted(jobs) == sorted(targets), (
@@ -207,12 +235,15 @@ def generated_prometheus_config(targets: dict[str, str]) -> dict:
         assert set(sc) <= known, f"{sc['job_name']}: teach the generator {set(sc) - known}"
         assert len(static) <= 1 and (static or dns), sc
         first = static[0] if static else {}
-        sc["static_configs"] = [{**first, "targets": [targets[sc["job_name"]]]}]
+        job_targets = targets[sc["job_name"]]
+        job_targets = [job_targets] if isinstance(job_targets, str) else list(job_targets)
+        sc["static_configs"] = [{**first, "targets": job_targets}]
     return out
 
 
-# Jobs whose target can't run natively yet: the caller points them at a closed port on 127.0.0.1,
-# where they report up == 0 and no scrape leaves the loopback interface.
+# Jobs whose targets a test that doesn't start the scaled lab can't run natively: it points them
+# at a closed port on 127.0.0.1, where they report up == 0 and no scrape leaves the loopback
+# interface.
 CLOSED_PORT_JOBS = ("cadvisor", "haproxy", "redis")
 
 
@@ -231,7 +262,7 @@ def without_targets(config: dict) -> dict:
 
 
 @contextlib.contextmanager
-def running_prometheus(port: int, targets: dict[str, str]) -> Iterator[Prometheus]:
+def running_prometheus(port: int, targets: dict[str, str | list[str]]) -> Iterator[Prometheus]:
     """A real Prometheus on 127.0.0.1:port with the generated config and the remote-write
     receiver on, started with the same flags compose gives it (paths aside), plus native
     histograms, which Prometheus 2.42 keeps behind a feature flag."""
@@ -259,3 +290,135 @@ def wait_until(predicate, timeout: float, interval: float = 0.5, what: str = "co
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+# ---------------------------------------------------------------- the scaled lab, natively
+
+
+@contextlib.contextmanager
+def running_process(
+    name: str,
+    cmd: list[str],
+    ready: Callable[[], bool],
+    timeout: float = 30.0,
+    env: dict[str, str] | None = None,
+) -> Iterator[subprocess.Popen]:
+    """Start cmd (with extra env), yield it once ready() is true, stop it afterwards; its output
+    goes to a temporary log that is printed if it fails to start or the test fails while it
+    runs."""
+    binary = shutil.which(cmd[0])
+    if not binary:
+        raise RuntimeError(f"{cmd[0]} not found (Debian: apt-get install {name})")
+    # Kept open for the process's lifetime and removed in `finally`, so no `with` block.
+    log = tempfile.NamedTemporaryFile(  # noqa: SIM115
+        prefix=f"wslab-{name}-", suffix=".log", delete=False
+    )
+    proc = subprocess.Popen(
+        [binary, *cmd[1:]], stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+    )
+
+    def text() -> str:
+        return Path(log.name).read_text(errors="replace")
+
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{text()}")
+            with contextlib.suppress(OSError):
+                if ready():
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} not ready within {timeout}s:\n{text()}")
+            time.sleep(0.1)
+        yield proc
+    except BaseException:
+        sys.stderr.write(f"--- {name} log ---\n{text()}\n")
+        raise
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        log.close()
+        os.unlink(log.name)
+
+
+def http_ok(url: str, contains: str = "") -> bool:
+    status, _, body = harness.http_get(url, timeout=1.0)
+    return status == 200 and contains in body
+
+
+@contextlib.contextmanager
+def running_redis_exporter(port: int, redis_port: int) -> Iterator[subprocess.Popen]:
+    """Debian's prometheus-redis-exporter (compose runs oliver006/redis_exporter, the same
+    program) on 127.0.0.1:port, reading the Redis on redis_port."""
+    cmd = [
+        REDIS_EXPORTER,
+        f"--redis.addr=redis://127.0.0.1:{redis_port}",
+        f"--web.listen-address=127.0.0.1:{port}",
+    ]
+    metrics = f"http://127.0.0.1:{port}/metrics"
+    with running_process(
+        "prometheus-redis-exporter", cmd, lambda: http_ok(metrics, "redis_up 1")
+    ) as proc:
+        yield proc
+
+
+def haproxy_config(port: int, metrics_port: int, replicas: list[int]) -> str:
+    """haproxy/haproxy.cfg, the balancer compose runs for each kind, with what only Docker has
+    replaced and nothing else: the replicas become static servers node1..N on 127.0.0.1 (compose
+    fills the same slots from Docker's DNS, whose `resolvers` section and options go), and the
+    two binds move to free loopback ports. Each change must apply exactly once, so a reshaped
+    haproxy.cfg fails here instead of being tested half-changed. The kind comes from WS_KIND in
+    the environment, as compose gives it."""
+    lines, skipping = [], False
+    for line in HAPROXY_CFG.read_text().splitlines():
+        if line.startswith("resolvers "):
+            skipping = True
+            continue
+        if skipping and (not line.strip() or line[0].isspace()):
+            continue
+        skipping = False
+        lines.append(line)
+    text = "\n".join(lines) + "\n"
+    servers = "\n".join(
+        f"    server node{i} 127.0.0.1:{p}" for i, p in enumerate(replicas, start=1)
+    )
+    for old, new in (
+        (" resolvers docker resolve-prefer ipv4 init-addr none", ""),
+        ('    server-template node "${WS_REPLICAS}" "${WS_NODES}:${WS_PORT}"', servers),
+        ('bind "*:${WS_PORT}"', f'bind "127.0.0.1:{port}"'),
+        ('bind "*:8404"', f'bind "127.0.0.1:{metrics_port}"'),
+    ):
+        assert text.count(old) == 1, f"{HAPROXY_CFG}: expected {old!r} once"
+        text = text.replace(old, new)
+    config_lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    assert not [line for line in config_lines if "resolve" in line], text
+    return "# Generated by tests/dashboard/dashlib.py from haproxy/haproxy.cfg.\n" + text
+
+
+@contextlib.contextmanager
+def running_haproxy(kind: str, replicas: list[int], metrics_port: int) -> Iterator[int]:
+    """Debian's HAProxy in front of replicas, its exporter on metrics_port; yields its WebSocket
+    port once every replica passes its /readyz check."""
+    port = harness.free_port()
+    workdir = Path(tempfile.mkdtemp(prefix="wslab-haproxy-"))
+    config = workdir / "haproxy.cfg"
+    config.write_text(haproxy_config(port, metrics_port, replicas))
+    metrics = f"http://127.0.0.1:{metrics_port}/metrics"
+
+    def all_up() -> bool:
+        _, _, body = harness.http_get(metrics, timeout=1.0)
+        up = re.findall(r'haproxy_server_status\{[^}]*state="UP"\} (\d)', body)
+        return len(up) == len(replicas) and set(up) == {"1"}
+
+    try:
+        cmd = [HAPROXY, "-db", "-f", str(config)]
+        with running_process("haproxy", cmd, all_up, env={"WS_KIND": kind}):
+            yield port
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)

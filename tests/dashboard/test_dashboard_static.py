@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 from dashlib import (
+    BALANCER_JOB,
     CADVISOR_LABEL,
     COMPOSE,
     CONTAINER_LABEL,
@@ -30,6 +31,7 @@ from dashlib import (
     PROM_CONFIG,
     PROM_DIR,
     PROMTOOL,
+    REDIS_JOB,
     REPO,
     RULES_TEST,
     SERVER_JOBS,
@@ -152,7 +154,7 @@ def test_every_service_has_a_one_line_comment():
 PINNED = {
     "prometheus": r"prom/prometheus:v3\.\d+\.\d+",
     "cadvisor": r"ghcr\.io/google/cadvisor:v0\.5\d\.\d+",
-    "grafana": r"grafana/grafana:12\.\d+\.\d+",
+    "grafana": r"grafana/grafana:13\.\d+\.\d+",
     "k6": r"grafana/k6:1\.1\.0",
     "rust-ws-redis": r"redis:\d+\.\d+\.\d+-alpine",
     "python-ws-redis": r"redis:\d+\.\d+\.\d+-alpine",
@@ -648,14 +650,26 @@ def test_servers_selected_by_job_containers_by_service_label(dashboard):
         if is_cadvisor(q.expr):
             # Every cAdvisor metric is read twice: by compose service and by kubelet container.
             sels = re.findall(r"container_\w+\{([^}]*)\}", q.expr)
-            compose = [x for x in sels if x == CADVISOR_LABEL + '=~"rust-ws|python-ws"']
+            # Compose's per-replica panels add the scaled profile's replica services.
+            services = (
+                '=~"rust-ws|python-ws"',
+                '=~"rust-ws|python-ws|rust-ws-node|python-ws-node"',
+            )
+            compose = [x for x in sels if x in [CADVISOR_LABEL + v for v in services]]
             kubelet = [x for x in sels if x == CONTAINER_LABEL + '=~"rust-ws|python-ws"']
             assert compose and len(compose) == len(kubelet) == len(sels) / 2, (q.test_id, sels)
-            assert q.expr.startswith(("sum by (container) (", "max by (container) (")), q.test_id
+            assert len(set(compose)) == 1, (q.test_id, sels)
+            assert q.expr.startswith(
+                ("sum by (container) (", "max by (container) (", "sum by (container, replica) (")
+            ), q.test_id
         elif "k6_" not in q.expr:
             for sel in re.findall(r"\b[a-z_:]+\{([^}]*)\}", q.expr):
                 assert re.search(r'\bjob=~?"', sel), f"{q.test_id}: {sel}"
-            assert expected_servers(q) <= set(SERVER_JOBS) and expected_servers(q), q.test_id
+            assert expected_servers(q) <= set(SERVER_JOBS), q.test_id
+            # Only Redis's panels name no server: one Redis serves both kinds.
+            assert expected_servers(q) or q.expr.count(f'job="{REDIS_JOB}"') == len(
+                re.findall(r"\b[a-z_:]+\{", q.expr)
+            ), q.test_id
 
 
 def test_time_panels_use_seconds(dashboard):
@@ -697,6 +711,25 @@ REQUIRED_METRICS = {
     "k6_checks_rate",
     "k6_wslab_errors_total",
     "k6_wslab_unclean_closes_total",
+    # Several nodes (PROTOCOL.md sections 4 and 5).
+    "ws_node_info",
+    "ws_broker_up",
+    "ws_broker_published_total",
+    "ws_broker_received_total",
+    "ws_broker_publish_failures_total",
+    "job:ws_broker_publish_duration_seconds:histogram_quantile_rate30s",
+    # Redis, from redis_exporter.
+    "redis_cpu_user_seconds_total",
+    "redis_cpu_sys_seconds_total",
+    "redis_memory_used_bytes",
+    "redis_connected_clients",
+    "redis_pubsub_channels",
+    "redis_pubsub_patterns",
+    # The balancers, from HAProxy's own exporter.
+    "haproxy_server_current_sessions",
+    "haproxy_frontend_connections_total",
+    "haproxy_server_sessions_total",
+    "haproxy_server_status",
 }
 
 
@@ -725,6 +758,78 @@ def test_dashboard_covers_every_metric_with_heatmaps_and_percentiles(dashboard):
         if "histogram_quantile" in q.expr and "k6_" not in q.expr
     }
     assert quantiles == {"0.5", "0.95", "0.99"}
+
+
+# Server series whose sum over a job's nodes hides how the nodes differ: each has a total panel
+# (`sum by (job)`) and a per-node view.
+PER_NODE = (
+    "ws_connections",
+    "ws_messages_received_total",
+    "ws_messages_sent_total",
+    "process_cpu_seconds_total",
+    "process_resident_memory_bytes",
+)
+# A per-node query: the series summed per target, named by the node id that ws_node_info gives it.
+NODE_JOIN = ' * on (job, instance) group_left (node_id) ws_node_info{job=~"rust-ws|python-ws"'
+
+
+def test_per_node_views_beside_the_totals(dashboard):
+    queries = dashboard_queries(dashboard)
+    for metric in PER_NODE:
+        reading = [q for q in queries if re.search(rf"\b{metric}\{{", q.expr)]
+        totals = [q for q in reading if q.expr.startswith(("sum by (job) (", "sum by (job, "))]
+        totals = [q for q in totals if not q.expr.startswith("sum by (job, instance) (")]
+        assert totals and all(NODE_JOIN not in q.expr for q in totals), metric
+        per_node = [q for q in reading if q.expr.startswith("sum by (job, instance) (")]
+        assert per_node, f"{metric}: no per-node view"
+        for q in per_node:
+            assert NODE_JOIN in q.expr, q.test_id
+    # Every per-node line is named by its job and node id.
+    for panel in all_panels(dashboard):
+        for t in panel.get("targets", []):
+            if "group_left (node_id)" in t["expr"]:
+                assert t["legendFormat"].startswith("{{job}} {{node_id}}"), panel["title"]
+    # The broker's up state only for nodes that have a broker (it is always 0 without one).
+    for q in [q for q in queries if "ws_broker_up{" in q.expr]:
+        assert 'ws_node_info{job=~"rust-ws|python-ws",broker!="none"}' in q.expr, q.test_id
+
+
+def test_state_timelines_name_every_value_their_query_gives(dashboard):
+    """The timelines' queries give codes, the value mappings name every one: ws_broker_up 0 and 1,
+    and HAProxy's server states (each series of haproxy_server_status is 1 for its state)."""
+    timelines = [p for p in all_panels(dashboard) if p["type"] == "state-timeline"]
+    assert {p["title"] for p in timelines} == {
+        "Broker up per node",
+        "Balancer health check per replica (/readyz)",
+    }
+    for panel in timelines:
+        (mapping,) = panel["fieldConfig"]["defaults"]["mappings"]
+        named = {int(v) for v in mapping["options"]}
+        (target,) = panel["targets"]
+        if "haproxy_server_status" in target["expr"]:
+            codes = {
+                int(code): state
+                for code, state in re.findall(
+                    r'(\d) \* haproxy_server_status\{[^}]*state="(\w+)"\}', target["expr"]
+                )
+            }
+            # HAProxy 2.6 and 3.x export these five states; every one has a code.
+            assert sorted(codes.values()) == ["DOWN", "DRAIN", "MAINT", "NOLB", "UP"]
+            assert named == set(codes)
+            for code, state in codes.items():
+                assert mapping["options"][str(code)]["text"].split()[0] == state.lower()
+        else:
+            assert named == {0, 1}
+
+
+def test_balancer_and_redis_panels_read_their_jobs(dashboard):
+    for q in dashboard_queries(dashboard):
+        if "haproxy_" in q.expr:
+            for sel in re.findall(r"haproxy_\w+\{([^}]*)\}", q.expr):
+                assert sel.startswith(f'job="{BALANCER_JOB}",proxy=~"rust-ws|python-ws"'), sel
+        if "redis_" in q.expr:
+            for sel in re.findall(r"redis_\w+\{([^}]*)\}", q.expr):
+                assert sel == f'job="{REDIS_JOB}"', sel
 
 
 def test_every_query_substitutes_cleanly(dashboard):
@@ -771,13 +876,20 @@ def test_k6_counts_are_summed_over_runners(dashboard):
             assert re.search(r"sum by \([^)]*\) \((rate\()?" + counter, q.expr), q.test_id
 
 
-def _container_expr_test(expr: str, eval_time: str, expected: dict[str, float]) -> dict:
+def _container_expr_test(expr: str, eval_time: str, expected: dict[tuple, float]) -> dict:
+    """expected: value by (container,) or (container, replica)."""
+    names = ("container", "replica")
     return {
         "expr": expr,
         "eval_time": eval_time,
         "exp_samples": [
-            {"labels": "{" + f'container="{name}"' + "}", "value": value}
-            for name, value in sorted(expected.items())
+            {
+                "labels": "{"
+                + ",".join(f'{n}="{v}"' for n, v in zip(names[: len(key)], key, strict=True))
+                + "}",
+                "value": value,
+            }
+            for key, value in sorted(expected.items())
         ],
     }
 
@@ -785,41 +897,55 @@ def _container_expr_test(expr: str, eval_time: str, expected: dict[str, float]) 
 def test_container_panels_read_compose_and_kubelet_cadvisor(tmp_path, dashboard):
     """The container panels' queries, run by promtool on series labelled as compose's cAdvisor
     labels them and as a kubelet's cAdvisor does (with the pod-level and pause-container series a
-    kubelet also exports, which must not count), give one line per server either way."""
-    # Compose's cAdvisor: container_label_com_docker_compose_service, no `container` label.
-    compose = {
-        "rust-ws": 'container_label_com_docker_compose_service="rust-ws",name="wslab-rust-ws-1"',
-        "python-ws": (
-            'container_label_com_docker_compose_service="python-ws",name="wslab-python-ws-1"'
-        ),
+    kubelet also exports, which must not count), give one line per server either way, and the
+    per-replica panels one line per container: compose's single servers and scaled replicas (by
+    container name), the kubelet's pods (by pod name; the totals sum a kind's pods)."""
+    # (kind, replica, CPU in cores, working set) per container. Compose's cAdvisor labels a
+    # container with its compose service and name (no `container` label): the single servers and
+    # two replicas of the scaled profile's rust-ws-node. The kubelet's labels it with container,
+    # pod and namespace: two rust-ws pods, one python-ws pod.
+    containers = {
+        "cadvisor": [
+            ("rust-ws", "wslab-rust-ws-1", 0.5, 3e8),
+            ("python-ws", "wslab-python-ws-1", 0.25, 2e8),
+            ("rust-ws-node", "wslab-rust-ws-node-1", 0.125, 1e8),
+            ("rust-ws-node", "wslab-rust-ws-node-2", 0.375, 1.5e8),
+        ],
+        "kubelet-cadvisor": [
+            ("rust-ws", "rust-ws-7d9f", 0.5, 3e8),
+            ("rust-ws", "rust-ws-2b7c", 0.125, 1e8),
+            ("python-ws", "python-ws-5c4b", 0.25, 2e8),
+        ],
     }
-    # The kubelet's: container, pod, namespace; plus container="" (pod cgroup) and "POD" (pause).
-    kubelet = {
-        "rust-ws": 'container="rust-ws",pod="rust-ws-7d9f",namespace="wslab"',
-        "python-ws": 'container="python-ws",pod="python-ws-5c4b",namespace="wslab"',
-    }
+
+    def labels(job: str, kind: str, replica: str) -> str:
+        if job == "cadvisor":
+            return f'job="cadvisor",{CADVISOR_LABEL}="{kind}",name="{replica}"'
+        return f'job="{job}",container="{kind}",pod="{replica}",namespace="wslab"'
+
+    # The kubelet also exports container="" (the pod's cgroup), "POD" (the pause container) and
+    # every other container; none may count.
     extra = [
-        'container="",pod="rust-ws-7d9f",namespace="wslab"',
-        'container="POD",pod="rust-ws-7d9f",namespace="wslab"',
-        'container="grafana",pod="grafana-1",namespace="wslab"',
+        'job="kubelet-cadvisor",container="",pod="rust-ws-7d9f",namespace="wslab"',
+        'job="kubelet-cadvisor",container="POD",pod="rust-ws-7d9f",namespace="wslab"',
+        'job="kubelet-cadvisor",container="grafana",pod="grafana-1",namespace="wslab"',
     ]
-    cpu = {"rust-ws": 0.5, "python-ws": 0.25}  # cores
-    mem = {"rust-ws": 3e8, "python-ws": 2e8}
-    input_series = []
-    for job, labels_of in (("cadvisor", compose), ("kubelet-cadvisor", kubelet)):
-        for server, labels in labels_of.items():
-            lab = f'job="{job}",{labels}'
+    input_series = {}
+    for job, rows in containers.items():
+        series = []
+        for kind, replica, cpu, mem in rows:
+            lab = labels(job, kind, replica)
             # 5 s scrapes over 2 minutes: CPU seconds grow by cpu*5 each step.
-            input_series += [
+            series += [
                 {
                     "series": f"container_cpu_usage_seconds_total{{{lab}}}",
-                    "values": f"0+{cpu[server] * 5}x24",
+                    "values": f"0+{cpu * 5}x24",
                 },
                 {"series": f"container_spec_cpu_quota{{{lab}}}", "values": "150000x24"},
                 {"series": f"container_spec_cpu_period{{{lab}}}", "values": "100000x24"},
                 {
                     "series": f"container_memory_working_set_bytes{{{lab}}}",
-                    "values": f"{mem[server]:.0f}x24",
+                    "values": f"{mem:.0f}x24",
                 },
                 {
                     "series": f"container_spec_memory_limit_bytes{{{lab}}}",
@@ -827,30 +953,38 @@ def test_container_panels_read_compose_and_kubelet_cadvisor(tmp_path, dashboard)
                 },
             ]
         if job == "kubelet-cadvisor":
-            for labels in extra:
-                lab = f'job="{job}",{labels}'
-                input_series += [
+            for lab in extra:
+                series += [
                     {"series": f"container_cpu_usage_seconds_total{{{lab}}}", "values": "0+9x24"},
                     {"series": f"container_memory_working_set_bytes{{{lab}}}", "values": "7e9x24"},
                 ]
+        input_series[job] = series
     cadvisor_queries = [q for q in dashboard_queries(dashboard) if is_cadvisor(q.expr)]
-    assert len(cadvisor_queries) == 4
+    assert len(cadvisor_queries) == 8
     tests = []
-    for only in ("cadvisor", "kubelet-cadvisor"):
-        series = [s for s in input_series if f'job="{only}"' in s["series"]]
+    for job, rows in containers.items():
         exprs = []
         for q in cadvisor_queries:
             expr = substitute(q.expr, {})
-            if "cpu_usage" in expr:
-                expected = cpu
-            elif "cpu_quota" in expr:
-                expected = {"rust-ws": 1.5, "python-ws": 1.5}
-            elif "working_set" in expr:
-                expected = mem
-            else:
-                expected = {"rust-ws": 1073741824, "python-ws": 1073741824}
+            replicas = "by (container, replica)" in expr
+            # The totals read the single servers (compose) or every pod of a kind (kubelet); the
+            # per-replica panels add compose's replica services.
+            rows_read = [r for r in rows if "rust-ws-node" in expr or r[0] in SERVER_JOBS]
+            expected: dict[tuple, float] = {}
+            for kind, replica, cpu, mem in rows_read:
+                key = (kind, replica) if replicas else (kind,)
+                if "cpu_usage" in expr:
+                    expected[key] = expected.get(key, 0) + cpu
+                elif "cpu_quota" in expr:
+                    expected[(kind,)] = 1.5
+                elif "working_set" in expr:
+                    expected[key] = expected.get(key, 0) + mem
+                else:
+                    expected[(kind,)] = 1073741824
             exprs.append(_container_expr_test(expr, "100s", expected))
-        tests.append({"interval": "5s", "input_series": series, "promql_expr_test": exprs})
+        tests.append(
+            {"interval": "5s", "input_series": input_series[job], "promql_expr_test": exprs}
+        )
     test_file = tmp_path / "container_panels_test.yml"
     # evaluation_interval as in prometheus.yml; promtool's default (1m) would thin the samples.
     doc = {"rule_files": [], "evaluation_interval": "5s", "tests": tests}

@@ -1,7 +1,7 @@
 """grafana/dashboards/wslab.json type-checked against Grafana's own published types.
 
 The npm package @grafana/schema, pinned in tests/dashboard/types/package.json to the Grafana that
-compose runs (12.4.0), carries the dashboard and panel types generated from Grafana's schema. This
+compose runs (13.2.3), carries the dashboard and panel types generated from Grafana's schema. This
 test writes the dashboard JSON out as TypeScript object literals, each checked with `satisfies`
 against its type, and runs the pinned `tsc --strict --noEmit` on it (tests/dashboard/types/
 tsconfig.json). Object literals get TypeScript's excess-property check, so a key Grafana's types
@@ -10,9 +10,9 @@ don't have fails the test, as does a wrong type or an unknown enum value.
 What is checked against what:
 - the dashboard: `Dashboard` (templating variables `VariableModel`, annotations, time picker...);
 - each row: `RowPanel`;
-- each timeseries or heatmap panel: `Panel` with its plugin's own `Options` and field-config
-  `custom` type (TimeSeriesPanelCfg, HeatmapPanelCfg), where the generic `Panel` would accept any
-  options at all.
+- each timeseries, heatmap or state-timeline panel: `Panel` with its plugin's own `Options` and
+  field-config `custom` type (TimeSeriesPanelCfg, HeatmapPanelCfg, StateTimelinePanelCfg), where
+  the generic `Panel` would accept any options at all.
 
 Enums: Grafana's generated types use TypeScript string enums (e.g. `FieldColorModeId`), and a JSON
 string such as "palette-classic" is not assignable to one even when it is the enum's value;
@@ -25,6 +25,10 @@ Where the types are stricter than Grafana, the check is kept and the dashboard f
 - the heatmap plugin's `Options.showValue` is required, where Grafana fills in "auto" when it is
   missing; the heatmaps state "auto".
 Both change nothing Grafana does, and keeping the check strict is what catches real mistakes.
+
+The dashboard's `schemaVersion` is the one that Grafana writes: the pinned package's
+`defaultDashboard.schemaVersion` (42 for 13.2), so Grafana runs no migration on load and an
+export from its editor diffs cleanly against the file.
 
 Set-up: `npm ci` in tests/dashboard/types when node_modules is missing or older than
 package-lock.json (scripts/test runs the same before the suite).
@@ -45,11 +49,15 @@ from dashlib import DASHBOARD, load_dashboard
 TYPES = Path(__file__).resolve().parent / "types"
 TSC = TYPES / "node_modules" / ".bin" / "tsc"
 SCHEMA = TYPES / "node_modules" / "@grafana" / "schema" / "package.json"
+# Where the package states the schema version its Grafana writes: `defaultDashboard`.
+DEFAULT_DASHBOARD = SCHEMA.parent / "dist" / "esm" / "raw" / "dashboard" / "x" / "types.gen.mjs"
 
-# The panel plugins the dashboard uses, and the module of each one's generated types.
+# The panel plugins the dashboard uses: each one's directory in the package and the module of its
+# generated types.
 PLUGIN_TYPES = {
-    "timeseries": "TimeSeriesPanelCfg",
-    "heatmap": "HeatmapPanelCfg",
+    "timeseries": ("timeseries", "TimeSeriesPanelCfg"),
+    "heatmap": ("heatmap", "HeatmapPanelCfg"),
+    "state-timeline": ("statetimeline", "StateTimelinePanelCfg"),
 }
 
 
@@ -89,10 +97,10 @@ def typescript_source(dashboard: dict) -> str:
         "import type { Dashboard, FieldConfig, FieldConfigSource, Panel, RowPanel }"
         " from '@grafana/schema';",
     ]
-    for plugin, module in PLUGIN_TYPES.items():
+    for directory, module in PLUGIN_TYPES.values():
         lines.append(
             f"import type * as {module} from '@grafana/schema/dist/esm/raw/composable/"
-            f"{plugin}/panelcfg/x/{module}_types.gen';"
+            f"{directory}/panelcfg/x/{module}_types.gen';"
         )
     lines += [
         "import type { Unenum } from '../unenum';",
@@ -117,8 +125,10 @@ def typescript_source(dashboard: dict) -> str:
                 f"const {name} = {with_panels(panel, nested)} satisfies Unenum<RowPanel>;\n"
             )
             return name
-        module = PLUGIN_TYPES.get(panel["type"])
-        assert module, f"panel {panel['id']}: no types wired up for plugin {panel['type']!r}"
+        assert panel["type"] in PLUGIN_TYPES, (
+            f"panel {panel['id']}: no types wired up for plugin {panel['type']!r}"
+        )
+        _directory, module = PLUGIN_TYPES[panel["type"]]
         lines.append(
             f"const {name} = {literal(panel)} satisfies "
             f"Unenum<PluginPanel<{module}.Options, {module}.FieldConfig>>;\n"
@@ -142,6 +152,9 @@ MUTATIONS = {
     "unknown_plugin_option": lambda d: next(p for p in d["panels"] if p["type"] == "heatmap")[
         "options"
     ].__setitem__("notAnOption", True),
+    "wrong_timeline_option": lambda d: next(
+        p for p in d["panels"] if p["type"] == "state-timeline"
+    )["options"].__setitem__("showValue", "sometimes"),
 }
 
 
@@ -200,6 +213,14 @@ def test_types_are_pinned_to_the_grafana_compose_runs(tsc_errors):
     # Exact versions only, so package-lock.json and package.json can't disagree.
     for name, version in package["devDependencies"].items():
         assert re.fullmatch(r"\d+\.\d+\.\d+", version), (name, version)
+
+
+def test_schema_version_is_the_one_the_pinned_grafana_writes(tsc_errors):
+    source = DEFAULT_DASHBOARD.read_text()
+    block = re.search(r"const defaultDashboard = \{(.*?)\};", source, re.S)
+    assert block, f"no defaultDashboard in {DEFAULT_DASHBOARD}"
+    written = int(re.search(r"\bschemaVersion: (\d+)", block.group(1)).group(1))
+    assert load_dashboard()["schemaVersion"] == written
 
 
 def test_dashboard_type_checks_against_grafana_schema(tsc_errors):
