@@ -34,6 +34,7 @@ mod progress;
 mod report;
 mod sys;
 mod target;
+mod wire;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
