@@ -135,20 +135,156 @@ struct Fields<'a> {
 }
 
 fn scan_object(b: &[u8]) -> Option<Fields<'_>> {
-    let ws = |mut i: usize| {
-        while b.get(i).is_some_and(u8::is_ascii_whitespace) {
-            i += 1;
+    // With no backslash anywhere, every `"` opens or closes a string, in turn: the strings are
+    // found with a vectorised search and only the bytes between them (colons, commas and
+    // numbers) are walked one by one. A message with an escape takes the general walk below.
+    if memchr::memchr(b'\\', b).is_none() {
+        return scan_plain(b);
+    }
+    scan_general(b)
+}
+
+fn ws_from(b: &[u8], mut i: usize) -> usize {
+    while b.get(i).is_some_and(u8::is_ascii_whitespace) {
+        i += 1;
+    }
+    i
+}
+
+/// Files one key's value into `f`; `None` for a counted key twice or of the wrong kind.
+fn file<'a>(f: &mut Fields<'a>, key: &[u8], value: &'a [u8], quoted: bool) -> Option<()> {
+    match key {
+        b"type" if f.kind.is_none() && quoted => f.kind = Some(value),
+        b"from" if f.from.is_none() && quoted => f.from = Some(value),
+        b"seq" if f.seq.is_none() && !quoted => f.seq = Some(int(value)?),
+        b"sent_at" if f.sent_at.is_none() && !quoted => {
+            f.sent_at = Some(match value {
+                b"null" => None,
+                v => Some(int(v)?),
+            })
         }
-        i
-    };
+        b"type" | b"from" | b"seq" | b"sent_at" => return None,
+        _ => {}
+    }
+    Some(())
+}
+
+/// A literal (number, `null`, `true`, `false`) from `b[i]`: its bytes and the index after it.
+fn literal(b: &[u8], mut i: usize) -> Option<(&[u8], usize)> {
+    let start = i;
+    while i < b.len() && !matches!(b[i], b',' | b'}') && !b[i].is_ascii_whitespace() {
+        if matches!(b[i], b'{' | b'[' | b'"' | b']' | b':') {
+            return None;
+        }
+        i += 1;
+    }
+    (i > start).then(|| (&b[start..i], i))
+}
+
+/// [`scan_object`] for a message with no backslash.
+fn scan_plain(b: &[u8]) -> Option<Fields<'_>> {
+    let mut quotes = Quotes::new(b);
     let mut f = Fields::default();
-    let mut i = ws(0);
+    let mut i = ws_from(b, 0);
     if b.get(i) != Some(&b'{') {
         return None;
     }
-    i = ws(i + 1);
+    i = ws_from(b, i + 1);
     if b.get(i) == Some(&b'}') {
-        return (ws(i + 1) == b.len()).then_some(f);
+        return (ws_from(b, i + 1) == b.len()).then_some(f);
+    }
+    // Bounded: every pass moves past one key and its value.
+    loop {
+        // The key: its opening quote must be the next quote in the message.
+        if b.get(i) != Some(&b'"') || quotes.next() != Some(i) {
+            return None;
+        }
+        let close = quotes.next()?;
+        let key = &b[i + 1..close];
+        i = ws_from(b, close + 1);
+        if b.get(i) != Some(&b':') {
+            return None;
+        }
+        i = ws_from(b, i + 1);
+        if b.get(i) == Some(&b'"') {
+            if quotes.next() != Some(i) {
+                return None;
+            }
+            let close = quotes.next()?;
+            file(&mut f, key, &b[i + 1..close], true)?;
+            i = close + 1;
+        } else {
+            let (value, after) = literal(b, i)?;
+            file(&mut f, key, value, false)?;
+            i = after;
+        }
+        i = ws_from(b, i);
+        match b.get(i)? {
+            b',' => i = ws_from(b, i + 1),
+            b'}' => {
+                return (ws_from(b, i + 1) == b.len() && quotes.next().is_none()).then_some(f)
+            }
+            _ => return None,
+        }
+    }
+}
+
+/// The positions of `"` in a message, in order, found eight bytes at a time (SWAR: a word XOR
+/// `"""..."`, then an exact zero-byte test): a delivery has a dozen quotes, and a `memchr` call
+/// per quote cost more than all the compares.
+struct Quotes<'a> {
+    b: &'a [u8],
+    /// Start of the word `mask` covers.
+    at: usize,
+    /// The high bit of every byte of that word that is a quote.
+    mask: u64,
+}
+
+impl<'a> Quotes<'a> {
+    fn new(b: &'a [u8]) -> Quotes<'a> {
+        Quotes {
+            b,
+            at: 0,
+            mask: Self::word(b, 0),
+        }
+    }
+
+    fn word(b: &[u8], at: usize) -> u64 {
+        const LOW7: u64 = 0x7F7F_7F7F_7F7F_7F7F;
+        let mut w = [0u8; 8];
+        let n = b.len().saturating_sub(at).min(8);
+        w[..n].copy_from_slice(&b[at..at + n]);
+        // Bytes past the end are zero, which is not a quote.
+        let x = u64::from_le_bytes(w) ^ 0x2222_2222_2222_2222;
+        let x = if n < 8 { x | (u64::MAX << (n * 8)) } else { x };
+        !(((x & LOW7) + LOW7) | x | LOW7)
+    }
+
+    fn next(&mut self) -> Option<usize> {
+        // Bounded: each pass moves a word on.
+        while self.mask == 0 {
+            self.at += 8;
+            if self.at >= self.b.len() {
+                return None;
+            }
+            self.mask = Self::word(self.b, self.at);
+        }
+        let i = self.at + (self.mask.trailing_zeros() / 8) as usize;
+        self.mask &= self.mask - 1;
+        Some(i)
+    }
+}
+
+/// [`scan_object`] for any message: strings are walked for escapes.
+fn scan_general(b: &[u8]) -> Option<Fields<'_>> {
+    let mut f = Fields::default();
+    let mut i = ws_from(b, 0);
+    if b.get(i) != Some(&b'{') {
+        return None;
+    }
+    i = ws_from(b, i + 1);
+    if b.get(i) == Some(&b'}') {
+        return (ws_from(b, i + 1) == b.len()).then_some(f);
     }
     // Bounded: every pass moves past one key and its value.
     loop {
@@ -156,51 +292,28 @@ fn scan_object(b: &[u8]) -> Option<Fields<'_>> {
         if escaped {
             return None;
         }
-        i = ws(after);
+        i = ws_from(b, after);
         if b.get(i) != Some(&b':') {
             return None;
         }
-        i = ws(i + 1);
-        let value: &[u8];
-        let mut quoted = false;
-        match b.get(i)? {
-            b'"' => {
-                let (v, escaped, after) = string(b, i)?;
-                // An escape in a counted string: the raw bytes aren't its value.
-                if escaped && matches!(key, b"type" | b"from") {
-                    return None;
-                }
-                (value, quoted, i) = (v, true, after);
+        i = ws_from(b, i + 1);
+        if b.get(i) == Some(&b'"') {
+            let (v, escaped, after) = string(b, i)?;
+            // An escape in a counted string: the raw bytes aren't its value.
+            if escaped && matches!(key, b"type" | b"from") {
+                return None;
             }
-            b'{' | b'[' => return None,
-            _ => {
-                let start = i;
-                while i < b.len() && !matches!(b[i], b',' | b'}') && !b[i].is_ascii_whitespace() {
-                    i += 1;
-                }
-                value = &b[start..i];
-                if value.is_empty() {
-                    return None;
-                }
-            }
+            file(&mut f, key, v, true)?;
+            i = after;
+        } else {
+            let (value, after) = literal(b, i)?;
+            file(&mut f, key, value, false)?;
+            i = after;
         }
-        match key {
-            b"type" if f.kind.is_none() && quoted => f.kind = Some(value),
-            b"from" if f.from.is_none() && quoted => f.from = Some(value),
-            b"seq" if f.seq.is_none() && !quoted => f.seq = Some(int(value)?),
-            b"sent_at" if f.sent_at.is_none() && !quoted => {
-                f.sent_at = Some(match value {
-                    b"null" => None,
-                    v => Some(int(v)?),
-                })
-            }
-            b"type" | b"from" | b"seq" | b"sent_at" => return None,
-            _ => {}
-        }
-        i = ws(i);
+        i = ws_from(b, i);
         match b.get(i)? {
-            b',' => i = ws(i + 1),
-            b'}' => return (ws(i + 1) == b.len()).then_some(f),
+            b',' => i = ws_from(b, i + 1),
+            b'}' => return (ws_from(b, i + 1) == b.len()).then_some(f),
             _ => return None,
         }
     }
@@ -546,6 +659,27 @@ mod tests {
                 (full.from.as_deref(), full.seq, full.sent_at)
             );
         }
+    }
+
+    #[test]
+    fn quotes_are_found_at_every_offset() {
+        for len in 0..40 {
+            for at in 0..len {
+                let mut m = vec![b'x'; len];
+                m[at] = b'"';
+                if at + 3 < len {
+                    m[at + 3] = b'"';
+                }
+                let want: Vec<usize> = (0..len).filter(|&i| m[i] == b'"').collect();
+                let mut q = Quotes::new(&m);
+                let got: Vec<usize> = std::iter::from_fn(|| q.next()).collect();
+                assert_eq!(got, want, "{len} {at}");
+            }
+        }
+        // A byte just above or below the quote's is not one.
+        let m = [0x21, 0x23, 0xA2, 0x22, 0x00, 0x22];
+        let mut q = Quotes::new(&m);
+        assert_eq!(std::iter::from_fn(|| q.next()).collect::<Vec<_>>(), vec![3, 5]);
     }
 
     #[test]
