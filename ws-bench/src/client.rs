@@ -221,9 +221,7 @@ fn scan_plain(b: &[u8]) -> Option<Fields<'_>> {
         i = ws_from(b, i);
         match b.get(i)? {
             b',' => i = ws_from(b, i + 1),
-            b'}' => {
-                return (ws_from(b, i + 1) == b.len() && quotes.next().is_none()).then_some(f)
-            }
+            b'}' => return (ws_from(b, i + 1) == b.len() && quotes.next().is_none()).then_some(f),
             _ => return None,
         }
     }
@@ -465,7 +463,10 @@ fn classify(e: WireError) -> Fail {
                 404 => "http_404",
                 _ => "http_other",
             };
-            Fail::new(kind, format!("HTTP {code}"))
+            // "HTTP 404 Not Found": the status with its canonical reason, as before.
+            let status = tokio_tungstenite::tungstenite::http::StatusCode::from_u16(code)
+                .map_or_else(|_| code.to_string(), |s| s.to_string());
+            Fail::new(kind, format!("HTTP {status}"))
         }
         WireError::Io(io) => io_fail(&io),
         WireError::Protocol(_) => Fail::new("protocol", e.to_string()),
@@ -525,11 +526,11 @@ pub async fn connect(
             .map_err(classify)?;
         let (conn_id, server) = {
             let text = recv_text(&mut ws).await?;
-            let w = parse(text)?;
+            let w = parse(&text)?;
             if w.kind.as_deref() != Some("welcome") {
                 return Err(Fail::new(
                     "no_welcome",
-                    format!("first message was {}", clip(text)),
+                    format!("first message was {}", clip(&text)),
                 ));
             }
             (
@@ -549,11 +550,22 @@ pub async fn connect(
         .map_err(|_| Fail::new("timeout", format!("no welcome within {timeout:?}")))?
 }
 
-/// The next text message, borrowed from the connection's read buffer until the next call;
-/// pings are answered on the way.
-pub async fn recv_text(ws: &mut Ws) -> Result<&str, Fail> {
+/// A text message borrowed from the connection's read buffer (until its next read). A `str`
+/// by `Deref`, so the modes use it as they used tungstenite's owned text.
+#[derive(Debug, Clone, Copy)]
+pub struct Text<'a>(&'a str);
+
+impl std::ops::Deref for Text<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.0
+    }
+}
+
+/// The next text message; pings are answered on the way.
+pub async fn recv_text(ws: &mut Ws) -> Result<Text<'_>, Fail> {
     match ws.next().await.map_err(classify)? {
-        Got::Text(t) => Ok(t),
+        Got::Text(t) => Ok(Text(t)),
         Got::Binary => Err(Fail::new("protocol", "server sent a binary frame")),
         Got::Close(code) => {
             let code = code.map_or_else(|| "none".into(), |c| c.to_string());
@@ -571,7 +583,10 @@ pub async fn recv_text(ws: &mut Ws) -> Result<&str, Fail> {
 pub async fn send(ws: &mut Ws, m: Message) -> Result<(), Fail> {
     match m {
         Message::Text(t) => ws.send_text(t.as_bytes()).await.map_err(classify),
-        other => Err(Fail::new("internal", format!("not a text message: {other:?}"))),
+        other => Err(Fail::new(
+            "internal",
+            format!("not a text message: {other:?}"),
+        )),
     }
 }
 
@@ -679,7 +694,10 @@ mod tests {
         // A byte just above or below the quote's is not one.
         let m = [0x21, 0x23, 0xA2, 0x22, 0x00, 0x22];
         let mut q = Quotes::new(&m);
-        assert_eq!(std::iter::from_fn(|| q.next()).collect::<Vec<_>>(), vec![3, 5]);
+        assert_eq!(
+            std::iter::from_fn(|| q.next()).collect::<Vec<_>>(),
+            vec![3, 5]
+        );
     }
 
     #[test]

@@ -202,7 +202,9 @@ impl Wire {
                 }
                 OP_CONT => {
                     let Some((op, mut data)) = self.frag.take() else {
-                        return Err(WireError::Protocol("continuation with nothing to continue".into()));
+                        return Err(WireError::Protocol(
+                            "continuation with nothing to continue".into(),
+                        ));
                     };
                     if data.len() + f.payload.len() > self.max_msg {
                         return Err(WireError::Capacity("message too long".into()));
@@ -221,7 +223,9 @@ impl Wire {
                         .map_err(|_| WireError::Utf8);
                 }
                 OP_TEXT | OP_BINARY => {
-                    return Err(WireError::Protocol("new data frame inside a fragmented message".into()));
+                    return Err(WireError::Protocol(
+                        "new data frame inside a fragmented message".into(),
+                    ));
                 }
                 OP_PING => {
                     // At most 125 bytes (frame() checks): copied out so push can borrow.
@@ -303,7 +307,10 @@ impl Wire {
             return Err(WireError::Protocol("masked frame from the server".into()));
         }
         let control = op & 0x8 != 0;
-        if !matches!(op, OP_CONT | OP_TEXT | OP_BINARY | OP_CLOSE | OP_PING | OP_PONG) {
+        if !matches!(
+            op,
+            OP_CONT | OP_TEXT | OP_BINARY | OP_CLOSE | OP_PING | OP_PONG
+        ) {
             return Err(WireError::Protocol(format!("unknown opcode {op}")));
         }
         let (len, head) = match b1 & 0x7F {
@@ -313,7 +320,9 @@ impl Wire {
             n => (n as u64, 2),
         };
         if control && (len > 125 || !fin) {
-            return Err(WireError::Protocol("control frame too long or fragmented".into()));
+            return Err(WireError::Protocol(
+                "control frame too long or fragmented".into(),
+            ));
         }
         if len > self.max_msg as u64 {
             return Err(WireError::Capacity(format!("frame of {len} bytes")));
@@ -387,7 +396,14 @@ impl Wire {
             let n = match r {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock && short > 0 => short,
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => continue,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    continue
+                }
                 Err(e) => return Err(e.into()),
             };
             self.end += n;
@@ -460,7 +476,9 @@ fn is_gone(e: &io::Error) -> bool {
 
 /// XORs `data` with the 4-byte key, eight bytes at a time.
 fn mask(data: &mut [u8], key: [u8; 4]) {
-    let k8 = u64::from_ne_bytes([key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3]]);
+    let k8 = u64::from_ne_bytes([
+        key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3],
+    ]);
     let mut chunks = data.chunks_exact_mut(8);
     for c in &mut chunks {
         let v = u64::from_ne_bytes((&*c).try_into().unwrap()) ^ k8;
@@ -592,7 +610,9 @@ mod tests {
         // and ends the stream.
         let closing = tokio::spawn(async move { w.close().await });
         assert_eq!(client_frame(&mut s).await, (OP_CLOSE, vec![]));
-        s.write_all(&server_frame(OP_CLOSE, true, &[])).await.unwrap();
+        s.write_all(&server_frame(OP_CLOSE, true, &[]))
+            .await
+            .unwrap();
         drop(s);
         assert!(closing.await.unwrap().unwrap());
     }
@@ -605,15 +625,18 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(w.next().await.unwrap(), Got::Close(Some(4000)));
-        assert_eq!(client_frame(&mut s).await, (OP_CLOSE, 4000u16.to_be_bytes().to_vec()));
+        assert_eq!(
+            client_frame(&mut s).await,
+            (OP_CLOSE, 4000u16.to_be_bytes().to_vec())
+        );
         drop(s);
         assert!(w.close().await.unwrap());
 
         for bad in [
-            vec![0x81, 0x81, 0, 0, 0, 0, b'x'], // masked
-            vec![0xC1, 0x00],                   // RSV1
-            vec![0x83, 0x00],                   // reserved opcode
-            server_frame(OP_PING, false, b""),  // fragmented control frame
+            vec![0x81, 0x81, 0, 0, 0, 0, b'x'],         // masked
+            vec![0xC1, 0x00],                           // RSV1
+            vec![0x83, 0x00],                           // reserved opcode
+            server_frame(OP_PING, false, b""),          // fragmented control frame
             server_frame(OP_TEXT, true, &[0xFF, 0xFE]), // not UTF-8
         ] {
             let (mut w, mut s) = pair().await;
