@@ -1,5 +1,8 @@
 //! One protocol-v1 client connection: connect, read the welcome, send, receive, close.
 //!
+//! The bytes and frames under it are `wire.rs`, ws-bench's own client side of RFC 6455 (why
+//! not tokio-tungstenite any more: its header); this file is what a run counts.
+//!
 //! Every failure comes back as a [`Fail`] with a short, closed set of kinds so a run can count
 //! them; nothing here panics on what a server sends.
 
@@ -7,18 +10,15 @@ use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use tokio::net::{TcpSocket, TcpStream};
-use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Error as WsError;
 pub use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
 
 use crate::target::Target;
+use crate::wire::{Got, Wire, WireError};
 
-pub type Ws = WebSocketStream<TcpStream>;
+pub type Ws = Wire;
 
 /// Why a connection or an exchange failed. `kind` is one of a closed set, for counting.
 #[derive(Debug, Clone, PartialEq)]
@@ -96,98 +96,261 @@ pub enum Scanned<'a> {
 
 /// A cheap look at one server message (a broadcast or an echo) for the fields a receiver counts
 /// (`type`, `from`, `seq`, `sent_at`), without building the whole object: a broadcast receiver
-/// runs this once per delivery, hundreds of thousands of times a second, and the full serde parse (every field,
-/// `text` included) was a visible share of ws-bench's CPU per delivery.
+/// runs this once per delivery, hundreds of thousands of times a second, and the full serde parse
+/// (every field, `text` included) was a visible share of ws-bench's CPU per delivery.
 ///
-/// Sound for any flat JSON object: a key is a `"name"` whose opening quote follows `{` or `,`
-/// (whitespace allowed); inside a JSON string a raw `"` is always escaped, so a key's spelling
-/// inside `text` or `user` can't be mistaken for the key. Anything unexpected (escapes in
-/// `from`, a non-integer number, a missing field) gives [`Scanned::Other`], and the caller
-/// falls back to the full parse.
+/// One pass over a flat JSON object: each key, then its value (a string is skipped with one
+/// `memchr2` for its closing quote, whatever its length), keeping the four that count. The
+/// structure gives the keys, so a key's spelling inside `text` or `user` is never mistaken for
+/// one. Anything it won't vouch for gives [`Scanned::Other`] and the caller falls back to the
+/// full parse: a nested value, a key or a counted string with an escape in it, a counted key
+/// twice, a non-integer or signed number, a missing field, anything malformed.
 pub fn scan(text: &str) -> Scanned<'_> {
-    let b = text.as_bytes();
-    let broadcast = match key_value(b, b"type") {
-        Some(b"\"broadcast\"") => true,
-        Some(b"\"echo\"") => false,
-        _ => return Scanned::Other,
-    };
-    let from = match key_value(b, b"from") {
-        Some(v) if v.len() >= 2 && v[0] == b'"' && !v[1..v.len() - 1].contains(&b'\\') => {
-            // Bounds are on ASCII quotes, so the slice is on char boundaries.
-            &text[offset(b, v) + 1..offset(b, v) + v.len() - 1]
+    scan_object(text.as_bytes())
+        .and_then(|f| {
+            let from = std::str::from_utf8(f.from?).ok()?;
+            let broadcast = match f.kind? {
+                b"broadcast" => true,
+                b"echo" => false,
+                _ => return None,
+            };
+            Some(Scanned::Reply(Delivery {
+                broadcast,
+                from,
+                seq: f.seq?,
+                sent_at: f.sent_at.unwrap_or(None),
+            }))
+        })
+        .unwrap_or(Scanned::Other)
+}
+
+/// The counted fields of a flat object, as raw bytes (strings without their quotes).
+#[derive(Default)]
+struct Fields<'a> {
+    kind: Option<&'a [u8]>,
+    from: Option<&'a [u8]>,
+    seq: Option<u64>,
+    /// `Some(None)` for `"sent_at":null`.
+    sent_at: Option<Option<u64>>,
+}
+
+fn scan_object(b: &[u8]) -> Option<Fields<'_>> {
+    // With no backslash anywhere, every `"` opens or closes a string, in turn: the strings are
+    // found with a vectorised search and only the bytes between them (colons, commas and
+    // numbers) are walked one by one. A message with an escape takes the general walk below.
+    if memchr::memchr(b'\\', b).is_none() {
+        return scan_plain(b);
+    }
+    scan_general(b)
+}
+
+fn ws_from(b: &[u8], mut i: usize) -> usize {
+    while b.get(i).is_some_and(u8::is_ascii_whitespace) {
+        i += 1;
+    }
+    i
+}
+
+/// Files one key's value into `f`; `None` for a counted key twice or of the wrong kind.
+fn file<'a>(f: &mut Fields<'a>, key: &[u8], value: &'a [u8], quoted: bool) -> Option<()> {
+    match key {
+        b"type" if f.kind.is_none() && quoted => f.kind = Some(value),
+        b"from" if f.from.is_none() && quoted => f.from = Some(value),
+        b"seq" if f.seq.is_none() && !quoted => f.seq = Some(int(value)?),
+        b"sent_at" if f.sent_at.is_none() && !quoted => {
+            f.sent_at = Some(match value {
+                b"null" => None,
+                v => Some(int(v)?),
+            })
         }
-        _ => return Scanned::Other,
-    };
-    let Some(seq) = key_value(b, b"seq").and_then(int) else {
-        return Scanned::Other;
-    };
-    let sent_at = match key_value(b, b"sent_at") {
-        Some(b"null") | None => None,
-        Some(v) => match int(v) {
-            Some(n) => Some(n),
-            None => return Scanned::Other,
-        },
-    };
-    Scanned::Reply(Delivery {
-        broadcast,
-        from,
-        seq,
-        sent_at,
-    })
+        b"type" | b"from" | b"seq" | b"sent_at" => return None,
+        _ => {}
+    }
+    Some(())
 }
 
-fn offset(whole: &[u8], part: &[u8]) -> usize {
-    part.as_ptr() as usize - whole.as_ptr() as usize
+/// A literal (number, `null`, `true`, `false`) from `b[i]`: its bytes and the index after it.
+fn literal(b: &[u8], mut i: usize) -> Option<(&[u8], usize)> {
+    let start = i;
+    while i < b.len() && !matches!(b[i], b',' | b'}') && !b[i].is_ascii_whitespace() {
+        if matches!(b[i], b'{' | b'[' | b'"' | b']' | b':') {
+            return None;
+        }
+        i += 1;
+    }
+    (i > start).then(|| (&b[start..i], i))
 }
 
-/// A non-negative JSON integer literal that fits in u64.
-fn int(v: &[u8]) -> Option<u64> {
-    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+/// [`scan_object`] for a message with no backslash.
+fn scan_plain(b: &[u8]) -> Option<Fields<'_>> {
+    let mut quotes = Quotes::new(b);
+    let mut f = Fields::default();
+    let mut i = ws_from(b, 0);
+    if b.get(i) != Some(&b'{') {
         return None;
     }
-    std::str::from_utf8(v).ok()?.parse().ok()
+    i = ws_from(b, i + 1);
+    if b.get(i) == Some(&b'}') {
+        return (ws_from(b, i + 1) == b.len()).then_some(f);
+    }
+    // Bounded: every pass moves past one key and its value.
+    loop {
+        // The key: its opening quote must be the next quote in the message.
+        if b.get(i) != Some(&b'"') || quotes.next() != Some(i) {
+            return None;
+        }
+        let close = quotes.next()?;
+        let key = &b[i + 1..close];
+        i = ws_from(b, close + 1);
+        if b.get(i) != Some(&b':') {
+            return None;
+        }
+        i = ws_from(b, i + 1);
+        if b.get(i) == Some(&b'"') {
+            if quotes.next() != Some(i) {
+                return None;
+            }
+            let close = quotes.next()?;
+            file(&mut f, key, &b[i + 1..close], true)?;
+            i = close + 1;
+        } else {
+            let (value, after) = literal(b, i)?;
+            file(&mut f, key, value, false)?;
+            i = after;
+        }
+        i = ws_from(b, i);
+        match b.get(i)? {
+            b',' => i = ws_from(b, i + 1),
+            b'}' => return (ws_from(b, i + 1) == b.len() && quotes.next().is_none()).then_some(f),
+            _ => return None,
+        }
+    }
 }
 
-/// The raw value of top-level key `key` in a flat JSON object: a string with its quotes, or the
-/// bytes of a literal/number up to the next `,` or `}`.
-fn key_value<'a>(b: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
-    let mut from = 0;
-    // Bounded: each pass moves past one occurrence.
-    while let Some(i) = memchr::memmem::find(&b[from..], key).map(|i| i + from) {
-        from = i + key.len();
-        let quoted = i >= 1 && b[i - 1] == b'"' && b.get(i + key.len()) == Some(&b'"');
-        if !quoted {
-            continue;
+/// The positions of `"` in a message, in order, found eight bytes at a time (SWAR: a word XOR
+/// `"""..."`, then an exact zero-byte test): a delivery has a dozen quotes, and a `memchr` call
+/// per quote cost more than all the compares.
+struct Quotes<'a> {
+    b: &'a [u8],
+    /// Start of the word `mask` covers.
+    at: usize,
+    /// The high bit of every byte of that word that is a quote.
+    mask: u64,
+}
+
+impl<'a> Quotes<'a> {
+    fn new(b: &'a [u8]) -> Quotes<'a> {
+        Quotes {
+            b,
+            at: 0,
+            mask: Self::word(b, 0),
         }
-        let before = b[..i - 1].iter().rev().find(|c| !c.is_ascii_whitespace());
-        if !matches!(before, Some(b'{') | Some(b',')) {
-            continue;
-        }
-        let mut j = i + key.len() + 1;
-        while b.get(j).is_some_and(u8::is_ascii_whitespace) {
-            j += 1;
-        }
-        if b.get(j) != Some(&b':') {
-            continue;
-        }
-        j += 1;
-        while b.get(j).is_some_and(u8::is_ascii_whitespace) {
-            j += 1;
-        }
-        let start = j;
-        if b.get(j) == Some(&b'"') {
-            j += 1;
-            while j < b.len() && b[j] != b'"' {
-                j += if b[j] == b'\\' { 2 } else { 1 };
-            }
-            return b.get(start..=j);
-        }
-        while j < b.len() && !matches!(b[j], b',' | b'}') && !b[j].is_ascii_whitespace() {
-            j += 1;
-        }
-        return Some(&b[start..j]);
     }
-    None
+
+    fn word(b: &[u8], at: usize) -> u64 {
+        const LOW7: u64 = 0x7F7F_7F7F_7F7F_7F7F;
+        let mut w = [0u8; 8];
+        let n = b.len().saturating_sub(at).min(8);
+        w[..n].copy_from_slice(&b[at..at + n]);
+        // Bytes past the end are zero, which is not a quote.
+        let x = u64::from_le_bytes(w) ^ 0x2222_2222_2222_2222;
+        let x = if n < 8 { x | (u64::MAX << (n * 8)) } else { x };
+        !(((x & LOW7) + LOW7) | x | LOW7)
+    }
+
+    fn next(&mut self) -> Option<usize> {
+        // Bounded: each pass moves a word on.
+        while self.mask == 0 {
+            self.at += 8;
+            if self.at >= self.b.len() {
+                return None;
+            }
+            self.mask = Self::word(self.b, self.at);
+        }
+        let i = self.at + (self.mask.trailing_zeros() / 8) as usize;
+        self.mask &= self.mask - 1;
+        Some(i)
+    }
+}
+
+/// [`scan_object`] for any message: strings are walked for escapes.
+fn scan_general(b: &[u8]) -> Option<Fields<'_>> {
+    let mut f = Fields::default();
+    let mut i = ws_from(b, 0);
+    if b.get(i) != Some(&b'{') {
+        return None;
+    }
+    i = ws_from(b, i + 1);
+    if b.get(i) == Some(&b'}') {
+        return (ws_from(b, i + 1) == b.len()).then_some(f);
+    }
+    // Bounded: every pass moves past one key and its value.
+    loop {
+        let (key, escaped, after) = string(b, i)?;
+        if escaped {
+            return None;
+        }
+        i = ws_from(b, after);
+        if b.get(i) != Some(&b':') {
+            return None;
+        }
+        i = ws_from(b, i + 1);
+        if b.get(i) == Some(&b'"') {
+            let (v, escaped, after) = string(b, i)?;
+            // An escape in a counted string: the raw bytes aren't its value.
+            if escaped && matches!(key, b"type" | b"from") {
+                return None;
+            }
+            file(&mut f, key, v, true)?;
+            i = after;
+        } else {
+            let (value, after) = literal(b, i)?;
+            file(&mut f, key, value, false)?;
+            i = after;
+        }
+        i = ws_from(b, i);
+        match b.get(i)? {
+            b',' => i = ws_from(b, i + 1),
+            b'}' => return (ws_from(b, i + 1) == b.len()).then_some(f),
+            _ => return None,
+        }
+    }
+}
+
+/// The JSON string whose opening quote is at `b[i]`: its raw contents, whether they hold an
+/// escape, and the index just past its closing quote.
+fn string(b: &[u8], i: usize) -> Option<(&[u8], bool, usize)> {
+    if b.get(i) != Some(&b'"') {
+        return None;
+    }
+    let start = i + 1;
+    let mut j = start;
+    let mut escaped = false;
+    // Bounded: every pass moves j forward.
+    loop {
+        j += memchr::memchr2(b'"', b'\\', &b[j..])?;
+        if b[j] == b'"' {
+            return Some((&b[start..j], escaped, j + 1));
+        }
+        escaped = true;
+        j += 2;
+        if j > b.len() {
+            return None;
+        }
+    }
+}
+
+/// A non-negative JSON integer literal that fits in u64 (no leading zero, as JSON says).
+fn int(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || (v.len() > 1 && v[0] == b'0') {
+        return None;
+    }
+    v.iter().try_fold(0u64, |n, &c| {
+        if !c.is_ascii_digit() {
+            return None;
+        }
+        n.checked_mul(10)?.checked_add(u64::from(c - b'0'))
+    })
 }
 
 fn clip(s: &str) -> &str {
@@ -289,21 +452,25 @@ pub struct Conn {
     pub open: Option<crate::modes::Open>,
 }
 
-fn classify(e: WsError) -> Fail {
+/// The kinds are the ones tokio-tungstenite's errors were counted as, so counts stay comparable
+/// across the change of client.
+fn classify(e: WireError) -> Fail {
     match e {
-        WsError::Http(resp) => {
-            let kind = match resp.status().as_u16() {
+        WireError::Status(code) => {
+            let kind = match code {
                 503 => "http_503",
                 400 => "http_400",
                 404 => "http_404",
                 _ => "http_other",
             };
-            Fail::new(kind, format!("HTTP {}", resp.status()))
+            // "HTTP 404 Not Found": the status with its canonical reason, as before.
+            let status = tokio_tungstenite::tungstenite::http::StatusCode::from_u16(code)
+                .map_or_else(|_| code.to_string(), |s| s.to_string());
+            Fail::new(kind, format!("HTTP {status}"))
         }
-        WsError::Io(io) => io_fail(&io),
-        WsError::ConnectionClosed | WsError::AlreadyClosed => Fail::new("closed", e.to_string()),
-        WsError::Protocol(p) => Fail::new("protocol", p.to_string()),
-        other => Fail::new("ws_error", other.to_string()),
+        WireError::Io(io) => io_fail(&io),
+        WireError::Protocol(_) => Fail::new("protocol", e.to_string()),
+        WireError::Capacity(_) | WireError::Utf8 => Fail::new("ws_error", e.to_string()),
     }
 }
 
@@ -349,20 +516,28 @@ pub async fn connect(
         let tcp = tcp(t.addr, source).await.map_err(|e| io_fail(&e))?;
         // Small request/response messages: don't let Nagle hold them back.
         let _ = tcp.set_nodelay(true);
-        let (mut ws, _resp) =
-            tokio_tungstenite::client_async_with_config(t.ws_uri(room), tcp, Some(cfg))
-                .await
-                .map_err(classify)?;
-        let text = recv_text(&mut ws).await?;
-        let w = parse(&text)?;
-        if w.kind.as_deref() != Some("welcome") {
-            return Err(Fail::new(
-                "no_welcome",
-                format!("first message was {}", clip(&text)),
-            ));
-        }
-        let conn_id = w.conn_id.as_deref().unwrap_or_default().to_string();
-        let server = w.server.as_deref().unwrap_or("?").to_string();
+        let uri = t.ws_uri(room);
+        let rest = uri.strip_prefix("ws://").unwrap_or(&uri);
+        let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let path = if path.is_empty() { "/" } else { path };
+        let max = cfg.max_message_size.unwrap_or(usize::MAX);
+        let mut ws = Wire::upgrade(tcp, host, path, cfg.read_buffer_size, max)
+            .await
+            .map_err(classify)?;
+        let (conn_id, server) = {
+            let text = recv_text(&mut ws).await?;
+            let w = parse(&text)?;
+            if w.kind.as_deref() != Some("welcome") {
+                return Err(Fail::new(
+                    "no_welcome",
+                    format!("first message was {}", clip(&text)),
+                ));
+            }
+            (
+                w.conn_id.as_deref().unwrap_or_default().to_string(),
+                w.server.as_deref().unwrap_or("?").to_string(),
+            )
+        };
         Ok(Conn {
             ws,
             conn_id,
@@ -375,65 +550,57 @@ pub async fn connect(
         .map_err(|_| Fail::new("timeout", format!("no welcome within {timeout:?}")))?
 }
 
-/// The next text message; pings are answered by tungstenite on the way.
-pub async fn recv_text(ws: &mut Ws) -> Result<tokio_tungstenite::tungstenite::Utf8Bytes, Fail> {
-    // Bounded: a server that sends nothing but control frames still gets cut off after this many.
-    for _ in 0..1_000_000 {
-        match ws.next().await {
-            Some(Ok(Message::Text(t))) => return Ok(t),
-            Some(Ok(Message::Binary(_))) => {
-                return Err(Fail::new("protocol", "server sent a binary frame"))
-            }
-            Some(Ok(Message::Close(f))) => {
-                let code = f
-                    .map(|f| u16::from(f.code).to_string())
-                    .unwrap_or_else(|| "none".into());
-                return Err(Fail::new("server_closed", format!("close code {code}")));
-            }
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => return Err(classify(e)),
-            None => return Err(Fail::new("reset", "connection ended")),
-        }
+/// A text message borrowed from the connection's read buffer (until its next read). A `str`
+/// by `Deref`, so the modes use it as they used tungstenite's owned text.
+#[derive(Debug, Clone, Copy)]
+pub struct Text<'a>(&'a str);
+
+impl std::ops::Deref for Text<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.0
     }
-    Err(Fail::new("protocol", "endless control frames"))
 }
 
+/// The next text message; pings are answered on the way.
+pub async fn recv_text(ws: &mut Ws) -> Result<Text<'_>, Fail> {
+    match ws.next().await.map_err(classify)? {
+        Got::Text(t) => Ok(Text(t)),
+        Got::Binary => Err(Fail::new("protocol", "server sent a binary frame")),
+        Got::Close(code) => {
+            let code = code.map_or_else(|| "none".into(), |c| c.to_string());
+            Err(Fail::new("server_closed", format!("close code {code}")))
+        }
+        // What tokio-tungstenite made of a stream that ended without a close frame.
+        Got::Eof => Err(Fail::new(
+            "protocol",
+            "Connection reset without closing handshake",
+        )),
+    }
+}
+
+/// Sends one message (ws-bench sends only text).
 pub async fn send(ws: &mut Ws, m: Message) -> Result<(), Fail> {
-    ws.send(m).await.map_err(classify)
+    match m {
+        Message::Text(t) => ws.send_text(t.as_bytes()).await.map_err(classify),
+        other => Err(Fail::new(
+            "internal",
+            format!("not a text message: {other:?}"),
+        )),
+    }
 }
 
 /// Ends a connection abruptly: `SO_LINGER` 0, then drop, so the kernel sends an RST instead of a
 /// FIN and the server sees a reset with no close frame.
 pub fn reset(ws: Ws) {
-    let _ = ws.get_ref().set_zero_linger();
+    let _ = ws.tcp().set_zero_linger();
     drop(ws);
 }
 
 /// Close handshake: send 1000, wait (bounded) for the server's close and EOF.
 /// `Ok(true)` for a clean close, `Ok(false)` if the server just went away.
 pub async fn close(mut ws: Ws, timeout: Duration) -> Result<bool, Fail> {
-    let fut = async {
-        if let Err(e) = ws.close(None).await {
-            return match e {
-                WsError::ConnectionClosed | WsError::AlreadyClosed => Ok(true),
-                e => Err(classify(e)),
-            };
-        }
-        let mut clean = false;
-        for _ in 0..100_000 {
-            match ws.next().await {
-                Some(Ok(Message::Close(_))) => clean = true,
-                Some(Ok(_)) => continue,
-                // The stream ends (None) only after tungstenite saw a complete close handshake.
-                None => return Ok(true),
-                Some(Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake))) => {
-                    return Ok(clean)
-                }
-                Some(Err(e)) => return if clean { Ok(true) } else { Err(classify(e)) },
-            }
-        }
-        Ok(clean)
-    };
+    let fut = async { ws.close().await.map_err(classify) };
     tokio::time::timeout(timeout, fut)
         .await
         .map_err(|_| Fail::new("close_timeout", "server did not finish the close"))?
@@ -510,6 +677,30 @@ mod tests {
     }
 
     #[test]
+    fn quotes_are_found_at_every_offset() {
+        for len in 0..40 {
+            for at in 0..len {
+                let mut m = vec![b'x'; len];
+                m[at] = b'"';
+                if at + 3 < len {
+                    m[at + 3] = b'"';
+                }
+                let want: Vec<usize> = (0..len).filter(|&i| m[i] == b'"').collect();
+                let mut q = Quotes::new(&m);
+                let got: Vec<usize> = std::iter::from_fn(|| q.next()).collect();
+                assert_eq!(got, want, "{len} {at}");
+            }
+        }
+        // A byte just above or below the quote's is not one.
+        let m = [0x21, 0x23, 0xA2, 0x22, 0x00, 0x22];
+        let mut q = Quotes::new(&m);
+        assert_eq!(
+            std::iter::from_fn(|| q.next()).collect::<Vec<_>>(),
+            vec![3, 5]
+        );
+    }
+
+    #[test]
     fn scan_is_not_fooled_by_keys_inside_strings() {
         // A text that spells other keys: the real ones come from the structure, not the text.
         let m = r#"{"type":"broadcast","text":"\"seq\":99,\"from\":\"x\"","from":"4","seq":2,"sent_at":1}"#;
@@ -529,6 +720,14 @@ mod tests {
             "not json",
             "",
             r#"{"type":"broadcast","from":"#,
+            // A counted key twice (serde refuses it), a nested value, trailing bytes, a
+            // leading zero, an escaped key.
+            r#"{"type":"broadcast","from":"1","seq":1,"seq":2}"#,
+            r#"{"type":"broadcast","from":"1","seq":1,"x":{"seq":2}}"#,
+            r#"{"type":"broadcast","from":"1","seq":1} x"#,
+            r#"{"type":"broadcast","from":"1","seq":01}"#,
+            r#"{"type":"broadcast","from":"1","s\u0065q":1}"#,
+            r#"{"type":"broadcast","from":"1","seq":18446744073709551616}"#,
         ] {
             assert_eq!(scan(m), Scanned::Other, "{m}");
         }

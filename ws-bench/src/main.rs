@@ -1,8 +1,8 @@
 //! ws-bench: wslab's own low-overhead WebSocket load generator for protocol v1 (PROTOCOL.md).
 //!
 //! k6 costs ~60 KiB per socket and saturates a core long before a good server does; ws-bench is
-//! native tokio + tokio-tungstenite with 4 KiB read buffers, so the server is what runs out first,
-//! and when the client does run out it says so.
+//! native tokio with its own WebSocket client (`wire.rs`) and 4 KiB read buffers, so the server is
+//! what runs out first, and when the client does run out it says so.
 //!
 //! Run it against a server on loopback (other addresses are refused):
 //!
@@ -41,6 +41,7 @@ mod progress;
 mod report;
 mod sys;
 mod target;
+mod wire;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
