@@ -489,23 +489,24 @@ impl Conn<'_> {
         ping_timer: &mut Pin<&mut tokio::time::Sleep>,
     ) -> Result<WriteDone, Ending> {
         let outbox = self.outbox;
-        let write = async {
-            let batch = &mut ws.get_mut().job;
-            batch.push_frame(&first);
-            let mut fed = 1;
-            while fed < WRITE_BATCH && batch.pending() < BATCH_BYTES {
-                match outbox.try_pop() {
-                    Some(m) => {
-                        batch.push_frame(&m);
-                        fed += 1;
-                    }
-                    None => break,
+        // Hand the batch on before anything can interrupt: `select!` polls its branches in a
+        // random order and drops the ones it did not choose, so a deadline already past could
+        // win before the write was ever polled, and a message taken off the queue would be lost
+        // without a trace (seen as seq gaps with keepalive every second).
+        let batch = &mut ws.get_mut().job;
+        batch.push_frame(&first);
+        let mut fed = 1;
+        while fed < WRITE_BATCH && batch.pending() < BATCH_BYTES {
+            match outbox.try_pop() {
+                Some(m) => {
+                    batch.push_frame(&m);
+                    fed += 1;
                 }
+                None => break,
             }
-            ws.flush().await
-        };
+        }
         tokio::select! {
-            r = write => match r {
+            r = ws.flush() => match r {
                 Ok(()) => Ok(WriteDone::Written),
                 Err(e) => {
                     log_debug!("conn {}: write error: {e}", self.id);
