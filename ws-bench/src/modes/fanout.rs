@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
-use tokio::time::{sleep, sleep_until, timeout};
+use tokio::time::{sleep_until, timeout};
 
 use super::meter::common_notes;
 use super::reach::SeqCheck;
@@ -371,7 +371,22 @@ async fn fanout(ctx: Ctx, o: FanoutOpts) -> Report {
     // Idle: every member held, keepalive pings running.
     ctx.tally.phase("holding", Some(o.hold));
     let c0 = read_cpu(&ctx, &helper_pids, o.broker_pid).await;
-    sleep(o.hold).await;
+    // The sender keeps reading while it waits, so it answers the server's pings: a sender that
+    // read nothing for the hold was dropped by a keepalive shorter than the hold (python-ws caps
+    // its ping timeout at the interval) and then had no broadcast to send.
+    let idle_until = Instant::now() + o.hold;
+    loop {
+        tokio::select! {
+            _ = sleep_until(idle_until.into()) => break,
+            m = client::recv_text(&mut sender.ws) => {
+                if let Err(e) = m {
+                    bump(&mut f.sender_errors, e.kind);
+                    r.notes.push(format!("the sender's connection failed while it waited: {e}"));
+                    break;
+                }
+            }
+        }
+    }
     let c1 = read_cpu(&ctx, &helper_pids, o.broker_pid).await;
     f.idle = window(&c0, &c1);
     let mut server_conns = Some(0.0);
