@@ -28,6 +28,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::time::{sleep_until, timeout};
 
+use super::hold::helper_args;
 use super::meter::common_notes;
 use super::reach::SeqCheck;
 use super::runner::Fleet;
@@ -100,7 +101,7 @@ impl Load for FanoutArgs {
                 .room
                 .unwrap_or_else(|| format!("fanout-{}", std::process::id())),
             broker_pid: self.broker_pid,
-            agent_args: helper_args(c, read_buffer, self.procs),
+            agent_args: helper_args(c, &c.url.join(","), read_buffer, self.procs),
         })
     }
 
@@ -119,29 +120,6 @@ pub struct FanoutOpts {
     pub room: String,
     pub broker_pid: Option<i32>,
     pub agent_args: Vec<String>,
-}
-
-/// The common options a helper needs to connect as this process would: every node, and its share
-/// of the handshakes in flight.
-fn helper_args(c: &Common, read_buffer: usize, procs: usize) -> Vec<String> {
-    let mut args = vec![
-        "--url".to_string(),
-        c.url.join(","),
-        "--connect-timeout".into(),
-        c.connect_timeout.to_string(),
-        "--read-buffer".into(),
-        read_buffer.to_string(),
-        "--text-len".into(),
-        c.text_len.to_string(),
-        "--source-addrs".into(),
-        c.source_addrs.to_string(),
-        "--connect-concurrency".into(),
-        (c.connect_concurrency / procs.max(1)).max(1).to_string(),
-    ];
-    if let Some(t) = c.threads {
-        args.extend(["--threads".into(), t.to_string()]);
-    }
-    args
 }
 
 /// One broadcast as the whole run saw it.

@@ -128,7 +128,7 @@ impl Load for HoldArgs {
             },
             end: self.end,
             procs: self.procs,
-            agent_args: helper_args(c, read_buffer, self.procs),
+            agent_args: helper_args(c, &c.url[0], read_buffer, self.procs),
         })
     }
 
@@ -137,12 +137,13 @@ impl Load for HoldArgs {
     }
 }
 
-/// The common options a helper process needs to connect as this one would; each gets its share
-/// of the handshakes in flight. (Not --pid or --metrics-url: the conductor does the measuring.)
-fn helper_args(c: &Common, read_buffer: usize, procs: usize) -> Vec<String> {
+/// The common options a helper process needs to connect as this one would, to `urls` (hold: the
+/// one target; fanout: every node, comma-separated); each gets its share of the handshakes in
+/// flight. (Not --pid or --metrics-url: the conductor does the measuring.)
+pub(super) fn helper_args(c: &Common, urls: &str, read_buffer: usize, procs: usize) -> Vec<String> {
     let mut args = vec![
         "--url".to_string(),
-        c.url[0].clone(),
+        urls.to_string(),
         "--connect-timeout".into(),
         c.connect_timeout.to_string(),
         "--read-buffer".into(),
