@@ -11,14 +11,10 @@ of a distributed run for real.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import shutil
-import socket
 import subprocess
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
@@ -67,30 +63,3 @@ def config_map(path: Path, prefix: str) -> dict:
 def container(deployment: dict) -> dict:
     (c,) = deployment["spec"]["template"]["spec"]["containers"]
     return c
-
-
-@contextlib.contextmanager
-def running_redis(port: int) -> Iterator[str]:
-    """Debian's redis-server on 127.0.0.1:port, keeping nothing on disk, as the lab runs Redis;
-    yields its URL for WS_BROKER_URL."""
-    binary = shutil.which("redis-server")
-    assert binary, "redis-server not found: apt-get install redis-server"
-    proc = subprocess.Popen(
-        [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert proc.poll() is None, f"redis-server exited with {proc.returncode}"
-                assert time.monotonic() < deadline, "redis-server did not listen within 10 s"
-                time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)

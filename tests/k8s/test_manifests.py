@@ -28,7 +28,7 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
-from harness import free_port, http_get, running_server
+from harness import http_get, running_redis, running_server
 from k8slib import (
     KUBERNETES_VERSION,
     LAB,
@@ -38,7 +38,6 @@ from k8slib import (
     container,
     objects,
     render,
-    running_redis,
 )
 
 COMPOSE = yaml.safe_load((REPO / "compose.yaml").read_text())
@@ -495,8 +494,8 @@ def test_both_real_servers_start_with_the_settings(name):
     kind = SERVERS[name][0]
     env = {e["name"]: e.get("value") for e in container(objects(LAB, "Deployment")[name])["env"]}
     assert env["WS_BROKER_URL"].startswith("redis://")
-    with running_redis(free_port()) as url:
-        settings = {**server_settings(), "WS_BROKER_URL": url}
+    with running_redis() as redis:
+        settings = {**server_settings(), "WS_BROKER_URL": redis.url}
         with running_server(kind, env=settings) as server:
             assert "ws_connections" in server.metrics_text()
             # What the readiness probe asks: 200 once the node has its broker (PROTOCOL.md §5:
